@@ -1,0 +1,43 @@
+"""Shared plumbing for the stage scripts: argument parsing, params loading and clean failure."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from emorec.config import Params, load_params
+from emorec.errors import EmorecError
+
+log = logging.getLogger("emorec")
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    """An argparse parser with the options every stage shares (``--params``)."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="parameter file to read"
+    )
+    return parser
+
+
+def run_stage(main: Callable[[Params, argparse.Namespace], None], parser: argparse.ArgumentParser,
+              argv: list[str] | None = None) -> int:
+    """Parse arguments, load params and run ``main``.
+
+    Problems with input or configuration (:class:`EmorecError`) end the stage with a one-line
+    message and exit status 2, so a user reads what was wrong instead of a traceback.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+        main(params, args)
+    except EmorecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

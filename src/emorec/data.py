@@ -1,0 +1,67 @@
+"""The split CSVs and a torch ``Dataset`` over them.
+
+Every split CSV has the columns in :data:`COLUMNS`: ``path`` (relative to the repository root),
+``label`` (class name), ``source`` (where the image came from: ``demo``, ``folder``, ``fer2013``,
+``augmented`` or ``synthetic``), ``origin`` (the id of the original image an augmented copy was
+made from; equal to its own id for originals, so leakage checks can group by it) and ``sha256``.
+Synthetic rows also carry ``prompt``, ``seed`` and ``prompt_hash``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from emorec.errors import DataError
+from emorec.transforms import Preprocess
+
+COLUMNS = ["path", "label", "source", "origin", "sha256"]
+
+
+def read_split(path: str | Path, classes: list[str]) -> pd.DataFrame:
+    """Load a split CSV and check that it is usable for training."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split file not found: {path}")
+    frame = pd.read_csv(path)
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path} lacks columns {missing}")
+    unknown = sorted(set(frame["label"]) - set(classes))
+    if unknown:
+        raise DataError(f"{path} has labels not in params 'classes': {unknown}")
+    if frame.empty:
+        raise DataError(f"{path} has no rows")
+    return frame
+
+
+class FaceDataset(Dataset):
+    """Images of one split as ``(tensor [1, S, S], class index)``.
+
+    ``augment`` adds a random horizontal flip: faces are left-right symmetric in expression, and
+    a flip costs nothing, unlike the heavier offline augmentation of the balance stage.
+    """
+
+    def __init__(self, frame: pd.DataFrame, classes: list[str], preprocess: Preprocess,
+                 root: str | Path = ".", augment: bool = False, seed: int = 0):
+        self.paths = [Path(root) / p for p in frame["path"]]
+        index = {c: i for i, c in enumerate(classes)}
+        self.targets = np.array([index[label] for label in frame["label"]], dtype=np.int64)
+        self.preprocess = preprocess
+        self.augment = augment
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.paths[i]) as img:
+            x = self.preprocess(img)
+        if self.augment and self.rng.random() < 0.5:
+            x = x[:, :, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(x)), int(self.targets[i])

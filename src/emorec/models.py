@@ -1,0 +1,82 @@
+"""Model construction and checkpoints.
+
+Backbones come from timm by name. Input is single-channel (``in_chans=1``): timm folds pretrained
+RGB stem weights into one channel, and the exported ONNX model takes the same ``[N, 1, H, W]``
+tensor that training saw, so no channel replication has to be remembered downstream.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from emorec.errors import EmorecError, ParamsError
+
+IN_CHANS = 1
+
+
+def device() -> torch.device:
+    """CUDA when present, CPU otherwise."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pretrained_overlay(pretrained: str) -> dict[str, Any] | None:
+    """timm ``pretrained_cfg_overlay`` for ``train.pretrained``; ``None`` means random init.
+
+    A value naming an existing file is a local checkpoint; anything else is a Hugging Face hub id.
+    """
+    if pretrained in ("", "none", None):
+        return None
+    if Path(pretrained).exists():
+        return {"file": str(Path(pretrained).resolve()), "hf_hub_id": None, "url": None}
+    return {"hf_hub_id": pretrained.removeprefix("hf-hub:"), "file": None, "url": None}
+
+
+def create_model(name: str, num_classes: int, pretrained: str = "none", **kwargs: Any) -> nn.Module:
+    """A timm classifier with ``num_classes`` outputs on single-channel input.
+
+    Weights from a local file or the hub are adapted by timm (stem summed to one channel,
+    classifier dropped when its size differs). Failures become one clear :class:`EmorecError`.
+    """
+    if name not in timm.list_models() and not timm.is_model(name):
+        raise ParamsError("train.model", f"is not a timm model name: {name!r}")
+    overlay = pretrained_overlay(pretrained)
+    try:
+        return timm.create_model(
+            name, pretrained=overlay is not None, pretrained_cfg_overlay=overlay,
+            num_classes=num_classes, in_chans=IN_CHANS, **kwargs,
+        )
+    except (OSError, RuntimeError, ValueError) as err:
+        if overlay and overlay.get("file"):
+            raise EmorecError(
+                f"train.pretrained: cannot load local checkpoint {pretrained!r} into "
+                f"{name}: {err}") from err
+        if overlay:
+            raise EmorecError(
+                f"train.pretrained: cannot fetch {pretrained!r} from the Hugging Face hub "
+                f"(no network access?). Download the weights elsewhere and set train.pretrained "
+                f"to the local file path. Cause: {type(err).__name__}: {err}") from err
+        raise
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, **meta: Any) -> None:
+    """Weights plus everything needed to rebuild and interpret the model."""
+    torch.save({"state_dict": model.state_dict(), **meta}, Path(path))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
+                    ) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model saved by the train stage; returns ``(model in eval mode, metadata)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise EmorecError(f"model checkpoint not found: {path} (run `dvc repro train` first)")
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    model = create_model(ckpt["model_name"], num_classes=len(ckpt["classes"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+    return model, meta
