@@ -1,4 +1,4 @@
-"""emorec: reproducible facial emotion recognition, from raw face images to a served, quantized model.
+"""emorec: reproducible facial emotion recognition, raw face images to a served, quantized model.
 
 Every pipeline stage in ``stages/`` is a thin script over the modules of this package.
 """
