@@ -13,11 +13,16 @@ def laplacian_variance(gray: np.ndarray) -> float:
     return float(cv2.Laplacian(np.asarray(gray, dtype=np.uint8), cv2.CV_64F).var())
 
 
-def perceptual_hash(image: Image.Image | np.ndarray) -> imagehash.ImageHash:
-    """pHash of the grayscale image; Hamming distance between hashes measures visual similarity."""
+def perceptual_hash(image: Image.Image | np.ndarray, hash_size: int = 8) -> imagehash.ImageHash:
+    """pHash of the grayscale image; Hamming distance between hashes measures visual similarity.
+
+    ``hash_size`` 8 gives the classic 64-bit hash. Images that share one layout (frontal faces,
+    all centred) crowd into a few bits at that size; ``hash_size`` 16 (256 bits) keeps distinct
+    faces apart while a re-noised copy of one face stays close.
+    """
     if isinstance(image, np.ndarray):
         image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-    return imagehash.phash(image.convert("L"))
+    return imagehash.phash(image.convert("L"), hash_size=hash_size)
 
 
 class NearDuplicateIndex:
