@@ -1,0 +1,119 @@
+"""Assets for the on-device web client in ``mobile/``: the INT8 model and what it needs to be used.
+
+The browser app reads ``config.json`` (input name, classes, preprocessing, crop settings) and
+``label_map.json`` next to the model, so the client never hard-codes anything the pipeline
+decides. Before copying, the model's own metadata (written by the export stage) is checked
+against the label map and params.yaml: a stale model paired with a new label map would otherwise
+give confidently wrong labels on every phone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from emorec.config import Params
+from emorec.errors import EmorecError
+from emorec.inference import OnnxClassifier
+from emorec.labels import read_label_map
+from emorec.transforms import Preprocess
+
+CROP_MODES = ("auto", "center", "none")
+MODEL_FILE = "model.int8.onnx"
+CONFIG_FILE = "config.json"
+LABEL_MAP_FILE = "label_map.json"
+
+
+class MobileAssetsError(EmorecError):
+    """The model, the label map and params.yaml do not describe the same classifier."""
+
+
+@dataclass(frozen=True)
+class MobileSettings:
+    """What the client needs besides the model: the crop policy and the preprocessing."""
+
+    crop: str
+    face_margin: float
+    preprocess: Preprocess
+    classes: list[str]
+
+    @classmethod
+    def from_params(cls, params: Params) -> MobileSettings:
+        return cls(
+            crop=params.choice("mobile.crop", CROP_MODES),
+            face_margin=params.number("serve.face_margin", low=0, high=1),
+            preprocess=Preprocess.from_params(params),
+            classes=params.classes,
+        )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_consistency(model: OnnxClassifier, label_map_classes: list[str],
+                      settings: MobileSettings) -> None:
+    """Raise :class:`MobileAssetsError` naming the first disagreement."""
+    if model.classes != label_map_classes:
+        raise MobileAssetsError(f"{model.path} was exported for classes {model.classes}, but the "
+                                f"label map lists {label_map_classes}; re-run export/quantize")
+    if model.classes != settings.classes:
+        raise MobileAssetsError(f"{model.path} was exported for classes {model.classes}, but "
+                                f"params.yaml 'classes' is {settings.classes}")
+    if model.preprocess != settings.preprocess:
+        raise MobileAssetsError(f"{model.path} expects preprocessing {model.preprocess}, but "
+                                f"params.yaml 'image' gives {settings.preprocess}")
+    shape = model.session.get_inputs()[0].shape
+    if shape[1:] != [1, model.preprocess.size, model.preprocess.size]:
+        raise MobileAssetsError(f"{model.path} takes input of shape {shape}, expected "
+                                f"[N, 1, {model.preprocess.size}, {model.preprocess.size}]")
+
+
+def client_config(model: OnnxClassifier, settings: MobileSettings) -> dict[str, Any]:
+    """The JSON the web app reads (``mobile/src/app.js``: ``loadConfig``)."""
+    pre = model.preprocess
+    return {
+        "model": MODEL_FILE,
+        "label_map": LABEL_MAP_FILE,
+        "input_name": model.input_name,
+        "output_name": model.output_name,
+        "classes": model.classes,
+        "image": {"size": pre.size, "mean": pre.mean, "std": pre.std},
+        "crop": {"mode": settings.crop, "face_margin": settings.face_margin},
+    }
+
+
+def write_mobile_assets(model_path: Path, label_map: Path, out_dir: Path,
+                        settings: MobileSettings) -> dict[str, Any]:
+    """Check, then copy the model and label map and write ``config.json`` into ``out_dir``.
+
+    ``out_dir`` is replaced as a whole (it is a DVC output), so no file of an older model can be
+    left behind. Returns the stage report.
+    """
+    if not label_map.is_file():
+        raise MobileAssetsError(f"label map not found: {label_map} (run `dvc repro split`)")
+    model = OnnxClassifier(model_path, threads=1, execution_providers=["CPUExecutionProvider"])
+    check_consistency(model, read_label_map(label_map), settings)
+    config = client_config(model, settings)
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    shutil.copyfile(model_path, out_dir / MODEL_FILE)
+    shutil.copyfile(label_map, out_dir / LABEL_MAP_FILE)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+    files = sorted(p for p in out_dir.iterdir() if p.is_file())
+    return {
+        "source_model": str(model_path),
+        "out_dir": str(out_dir),
+        "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files},
+        "model_bytes": (out_dir / MODEL_FILE).stat().st_size,
+        "total_bytes": sum(p.stat().st_size for p in files),
+        "config": config,
+        "metadata": model.info()["metadata"],
+    }
