@@ -1,0 +1,311 @@
+"""FP32 ONNX -> INT8 static quantization (QDQ), its accuracy cost and its speed-up.
+
+Static rather than dynamic quantization: convolution activations get fixed INT8 ranges computed
+once from real validation faces (calibration), so inference needs no per-call range search, which
+is what makes small CNNs fast on CPU. ``quant_pre_process`` (shape inference + graph
+optimisation) runs first because the quantizer needs known tensor shapes to choose per-channel
+axes and fuses Conv+BN patterns better on an optimised graph.
+
+The report compares FP32 and INT8 on the *test* split and times PyTorch eager, ONNX FP32 and ONNX
+INT8 in the same run. The latency/F1 targets are benchmark results recorded as pass/fail fields;
+the stage never fails on them (a slow CI box must not break the pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from emorec.config import Params
+from emorec.data import read_split
+from emorec.errors import EmorecError, ParamsError
+from emorec.inference import INPUT_NAME, OnnxClassifier, predict_in_batches
+from emorec.latency import measure_interleaved
+from emorec.metrics import classification_metrics
+
+log = logging.getLogger(__name__)
+
+_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}
+_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+_FORMATS = {"QDQ": QuantFormat.QDQ, "QOperator": QuantFormat.QOperator}
+
+
+class QuantizeError(EmorecError):
+    """Quantization or the ORT-format conversion failed."""
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """The ``quantize`` section of params.yaml, validated."""
+
+    calibration_images: int
+    calibration_batch: int
+    calibrate_method: str
+    per_channel: bool
+    quant_format: str
+    activation_type: str
+    weight_type: str
+    eval_batch: int
+    latency_batch_sizes: list[int]
+    latency_repeats: int
+    latency_warmup: int
+    latency_threads: int
+    max_latency_ratio: float
+    max_f1_drop: float
+    seed: int
+
+    @classmethod
+    def from_params(cls, params: Params) -> QuantizeSettings:
+        q = params.section("quantize")
+        sizes = q.sequence("latency_batch_sizes")
+        if not sizes or not all(isinstance(s, int) and s >= 1 for s in sizes):
+            raise ParamsError("quantize.latency_batch_sizes",
+                              f"must be positive integers, got {sizes}")
+        return cls(
+            calibration_images=q.integer("calibration_images", low=1),
+            calibration_batch=q.integer("calibration_batch", low=1),
+            calibrate_method=q.choice("calibrate_method", _METHODS),
+            per_channel=q.boolean("per_channel"),
+            quant_format=q.choice("format", _FORMATS),
+            activation_type=q.choice("activation_type", _TYPES),
+            weight_type=q.choice("weight_type", _TYPES),
+            eval_batch=q.integer("eval_batch", low=1),
+            latency_batch_sizes=list(sizes),
+            latency_repeats=q.integer("latency_repeats", low=1),
+            latency_warmup=q.integer("latency_warmup", low=0),
+            latency_threads=q.integer("latency_threads", low=0),
+            max_latency_ratio=q.number("max_latency_ratio", low=0),
+            max_f1_drop=q.number("max_f1_drop", low=0),
+            seed=params.seed,
+        )
+
+
+class ImageCalibrationReader(CalibrationDataReader):
+    """Feeds preprocessed validation images to the calibrator, ``batch`` images at a time."""
+
+    def __init__(self, images: np.ndarray, batch: int):
+        self.images = images
+        self.batch = batch
+        self._starts = iter(range(0, len(images), batch))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        start = next(self._starts, None)
+        if start is None:
+            return None
+        return {INPUT_NAME: self.images[start:start + self.batch]}
+
+    def rewind(self) -> None:
+        self._starts = iter(range(0, len(self.images), self.batch))
+
+
+def calibration_images(val_csv: Path, classes: list[str], model: OnnxClassifier, count: int,
+                       seed: int, root: Path = Path(".")) -> np.ndarray:
+    """A seeded random sample of up to ``count`` validation images, preprocessed."""
+    from PIL import Image
+
+    frame = read_split(val_csv, classes)
+    n = min(count, len(frame))
+    frame = frame.sample(n=n, random_state=seed) if n < len(frame) else frame
+    out = []
+    for rel in frame["path"]:
+        path = root / rel
+        if not path.is_file():
+            raise QuantizeError(f"{val_csv}: calibration image not found: {path}")
+        with Image.open(path) as img:
+            out.append(model.preprocess(img))
+    return np.stack(out).astype(np.float32)
+
+
+def copy_metadata(source: Path, target: Path, extra: dict[str, str]) -> None:
+    """Carry the export metadata (classes, preprocessing) into the quantized model."""
+    meta = {p.key: p.value for p in onnx.load(str(source), load_external_data=False)
+            .metadata_props}
+    meta.update(extra)
+    proto = onnx.load(str(target))
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, dict(sorted(meta.items())))
+    onnx.save(proto, str(target))
+
+
+def quantize_model(fp32_path: Path, int8_path: Path, calib: np.ndarray,
+                   settings: QuantizeSettings) -> None:
+    """Pre-process, calibrate and quantize ``fp32_path`` into ``int8_path`` (metadata kept)."""
+    int8_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepped = Path(tmp) / "prepped.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=False)
+            quantize_static(
+                str(prepped), str(int8_path),
+                calibration_data_reader=ImageCalibrationReader(calib, settings.calibration_batch),
+                quant_format=_FORMATS[settings.quant_format],
+                per_channel=settings.per_channel,
+                activation_type=_TYPES[settings.activation_type],
+                weight_type=_TYPES[settings.weight_type],
+                calibrate_method=_METHODS[settings.calibrate_method],
+                calibration_providers=["CPUExecutionProvider"],
+            )
+        except Exception as err:  # onnxruntime's quantizer raises untyped errors
+            raise QuantizeError(f"static quantization of {fp32_path} failed: "
+                                f"{type(err).__name__}: {err}") from err
+    copy_metadata(fp32_path, int8_path, {
+        "emorec.quantization": json.dumps({
+            "format": settings.quant_format, "per_channel": settings.per_channel,
+            "activation_type": settings.activation_type, "weight_type": settings.weight_type,
+            "calibrate_method": settings.calibrate_method, "calibration_images": len(calib)}),
+    })
+
+
+def convert_to_ort(onnx_path: Path, ort_path: Path) -> None:
+    """ORT-format copy of a model for onnxruntime-mobile / react-native runtimes.
+
+    The converter writes several files (the .ort plus operator configs) into a folder; only the
+    model is kept, as the one declared output.
+    """
+    from onnxruntime.tools.convert_onnx_models_to_ort import (
+        OptimizationStyle,
+        convert_onnx_models_to_ort,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in" / onnx_path.name
+        src.parent.mkdir()
+        shutil.copy2(onnx_path, src)
+        out_dir = Path(tmp) / "out"
+        try:
+            convert_onnx_models_to_ort(src, output_dir=out_dir,
+                                       optimization_styles=[OptimizationStyle.Fixed])
+        except Exception as err:
+            raise QuantizeError(f"ORT-format conversion of {onnx_path} failed: {err}") from err
+        produced = sorted(out_dir.rglob("*.ort"))
+        if not produced:
+            raise QuantizeError(f"ORT-format conversion of {onnx_path} wrote no .ort file")
+        ort_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(produced[0], ort_path)
+
+
+def evaluate(model: OnnxClassifier, test_csv: Path, classes: list[str], batch: int,
+             root: Path = Path(".")) -> tuple[dict[str, Any], np.ndarray]:
+    """Test-split metrics of an ONNX model and its probabilities."""
+    frame = read_split(test_csv, classes)
+    paths = [root / p for p in frame["path"]]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise QuantizeError(f"{test_csv}: {len(missing)} images not found, e.g. {missing[0]}")
+    index = {c: i for i, c in enumerate(classes)}
+    y_true = np.array([index[c] for c in frame["label"]])
+    probs = predict_in_batches(model, paths, batch_size=batch, progress=True)
+    return classification_metrics(y_true, probs.argmax(1), classes), probs
+
+
+def measure_latency(checkpoint: Path, fp32_path: Path, int8_path: Path, sample: np.ndarray,
+                    settings: QuantizeSettings) -> dict[str, Any]:
+    """PyTorch eager vs ONNX FP32 vs ONNX INT8 on CPU, same threads, interleaved."""
+    import torch
+
+    from emorec.models import load_checkpoint
+
+    threads = settings.latency_threads
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        eager, _ = load_checkpoint(checkpoint, map_location="cpu")
+        eager = eager.float().eval()
+        cpu = ["CPUExecutionProvider"]
+        fp32 = OnnxClassifier(fp32_path, threads=threads, execution_providers=cpu)
+        int8 = OnnxClassifier(int8_path, threads=threads, execution_providers=cpu)
+        results: dict[str, Any] = {}
+        for size in settings.latency_batch_sizes:
+            batch = np.resize(sample, (size, *sample.shape[1:])).astype(np.float32)
+            tensor = torch.from_numpy(batch)
+
+            def run_eager(t: torch.Tensor = tensor) -> None:
+                with torch.inference_mode():
+                    eager(t)
+
+            results[f"batch_{size}"] = measure_interleaved(
+                {"pytorch_eager": run_eager,
+                 "onnx_fp32": lambda b=batch: fp32.logits(b),
+                 "onnx_int8": lambda b=batch: int8.logits(b)},
+                repeats=settings.latency_repeats, warmup=settings.latency_warmup)
+    finally:
+        torch.set_num_threads(previous)
+    return {"device": "cpu", "threads": threads or "default",
+            "repeats": settings.latency_repeats, **results}
+
+
+def targets(fp32: dict[str, Any], int8: dict[str, Any], latency: dict[str, Any],
+            settings: QuantizeSettings) -> dict[str, Any]:
+    """Pass/fail of the benchmark targets (recorded, never enforced)."""
+    b1 = latency.get("batch_1")
+    ratio = (b1["onnx_int8"]["median_ms"] / b1["pytorch_eager"]["median_ms"]) if b1 else None
+    drop = fp32["macro_f1"] - int8["macro_f1"]
+    latency_met = ratio is not None and ratio <= settings.max_latency_ratio
+    f1_met = drop <= settings.max_f1_drop + 1e-12
+    return {
+        "int8_vs_eager_latency_ratio_batch_1": ratio,
+        "max_latency_ratio": settings.max_latency_ratio,
+        "latency_target_met": bool(latency_met),
+        "macro_f1_drop": drop,
+        "max_f1_drop": settings.max_f1_drop,
+        "f1_target_met": bool(f1_met),
+        "all_met": bool(latency_met and f1_met),
+    }
+
+
+def run_quantize(checkpoint: Path, fp32_path: Path, val_csv: Path, test_csv: Path,
+                 int8_path: Path, ort_path: Path, settings: QuantizeSettings,
+                 classes: list[str], root: Path = Path(".")) -> dict[str, Any]:
+    """The whole stage: quantize, convert, evaluate, time; returns the report."""
+    fp32 = OnnxClassifier(fp32_path)
+    if fp32.classes != list(classes):
+        raise QuantizeError(f"{fp32_path} predicts {fp32.classes}, params.yaml lists {classes}")
+    calib = calibration_images(val_csv, classes, fp32, settings.calibration_images,
+                               settings.seed, root)
+    log.info("calibrating on %d validation images", len(calib))
+    quantize_model(fp32_path, int8_path, calib, settings)
+    convert_to_ort(int8_path, ort_path)
+
+    int8 = OnnxClassifier(int8_path)
+    fp32_metrics, _ = evaluate(fp32, test_csv, classes, settings.eval_batch, root)
+    int8_metrics, int8_probs = evaluate(int8, test_csv, classes, settings.eval_batch, root)
+    ort_model = OnnxClassifier(ort_path, execution_providers=["CPUExecutionProvider"])
+    n_check = min(len(calib), settings.eval_batch)
+    ort_agreement = float(np.mean(ort_model.probabilities(calib[:n_check]).argmax(1)
+                                  == int8.probabilities(calib[:n_check]).argmax(1)))
+    latency = measure_latency(checkpoint, fp32_path, int8_path, calib, settings)
+    sizes = {name: path.stat().st_size for name, path in
+             (("fp32", fp32_path), ("int8", int8_path), ("ort", ort_path))}
+    report = {
+        "fp32": {"path": str(fp32_path), "bytes": sizes["fp32"], "test": fp32_metrics},
+        "int8": {"path": str(int8_path), "bytes": sizes["int8"], "test": int8_metrics},
+        "ort": {"path": str(ort_path), "bytes": sizes["ort"],
+                "top1_agreement_with_int8": ort_agreement, "n_images": n_check},
+        "size_ratio_int8_vs_fp32": sizes["int8"] / sizes["fp32"],
+        "test_images": int(int8_probs.shape[0]),
+        "calibration": {"images": int(len(calib)), "method": settings.calibrate_method,
+                        "format": settings.quant_format, "per_channel": settings.per_channel,
+                        "activation_type": settings.activation_type,
+                        "weight_type": settings.weight_type},
+        "latency": latency,
+    }
+    report["targets"] = targets(fp32_metrics, int8_metrics, latency, settings)
+    return report

@@ -1,0 +1,156 @@
+"""Export stage: ONNX file, metadata, dynamic batch, opset fallback and the parity gate.
+
+Also holds the tiny-dataset helpers the quantize and service tests import.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from emorec.export import ExportError, ExportSettings, check_parity, export_model
+from emorec.inference import META_CLASSES, META_IMAGE, OnnxClassifier
+from emorec.models import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def face_like(rng: np.random.Generator, size: int) -> Image.Image:
+    """A grayscale image with some structure (a blob on a gradient) plus noise."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    cy, cx, r = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7), rng.uniform(0.15, 0.35)
+    blob = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2) * rng.uniform(60, 160)
+    pixels = 40 + 80 * xx + blob + rng.normal(0, 12, (size, size))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+
+
+def make_split(root: Path, classes: list[str], counts: dict[str, int], seed: int = 0
+               ) -> dict[str, Path]:
+    """Tiny PNGs under ``root/images`` and split CSVs (paths relative to ``root``)."""
+    rng = np.random.default_rng(seed)
+    csvs = {}
+    for split, n in counts.items():
+        rows = []
+        for i in range(n):
+            label = classes[i % len(classes)]
+            rel = Path("images") / split / f"{split}_{i:03d}.png"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            face_like(rng, int(rng.integers(40, 90))).save(root / rel)
+            rows.append({"path": rel.as_posix(), "label": label, "source": "demo",
+                         "origin": f"{split}_{i:03d}", "sha256": "0" * 64})
+        csvs[split] = root / f"{split}.csv"
+        pd.DataFrame(rows).to_csv(csvs[split], index=False)
+    return csvs
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory, repo_params_raw) -> tuple[Path, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("data")
+    return root, make_split(root, repo_params_raw["classes"], {"val": 12, "test": 12})
+
+
+def test_export_writes_checked_self_describing_model(tiny_checkpoint, split_dir, params,
+                                                     tmp_path):
+    root, csvs = split_dir
+    out = tmp_path / "model.onnx"
+    report = export_model(tiny_checkpoint, csvs["val"], out,
+                          ExportSettings.from_params(params), params.classes, root=root)
+
+    onnx.checker.check_model(str(out), full_check=True)
+    assert report["opset"] == params.get("export.opsets")[0]
+    assert report["parity"]["passed"] and report["parity"]["n_images"] == 12
+    assert report["parity"]["max_abs_diff"] < 1e-4
+    assert report["parity"]["top1_agreement"] == 1.0
+
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta[META_CLASSES]) == params.classes
+    assert json.loads(meta[META_IMAGE]) == {"size": 32, "mean": 0.5, "std": 0.5}
+
+    # Dynamic batch axis, and the same numbers as PyTorch for any batch size.
+    clf = OnnxClassifier(out)
+    model, _ = load_checkpoint(tiny_checkpoint)
+    for n in (1, 5):
+        x = np.random.default_rng(n).normal(size=(n, 1, 32, 32)).astype(np.float32)
+        with torch.inference_mode():
+            ref = torch.softmax(model(torch.from_numpy(x)), 1).numpy()
+        assert clf.probabilities(x).shape == (n, len(params.classes))
+        np.testing.assert_allclose(clf.probabilities(x), ref, atol=1e-5)
+
+
+def test_opset_fallback_skips_unusable_opsets(tiny_checkpoint, split_dir, params_raw, tmp_path):
+    from emorec.config import Params
+
+    params_raw["export"]["opsets"] = [99, 17]  # 99 does not exist (yet): must fall back to 17
+    params = Params(params_raw)
+    root, csvs = split_dir
+    out = tmp_path / "model.onnx"
+    report = export_model(tiny_checkpoint, csvs["val"], out, ExportSettings.from_params(params),
+                          params.classes, root=root)
+    assert report["opset"] == 17
+    assert [a["ok"] for a in report["opset_attempts"]] == [False, True]
+    assert report["opset_attempts"][0]["error"]
+    assert onnx.load(str(out)).opset_import[0].version == 17
+
+
+def test_dynamo_exporter(tiny_checkpoint, split_dir, params_raw, tmp_path):
+    from emorec.config import Params
+
+    params_raw["export"].update(dynamo=True, opsets=[18])
+    params = Params(params_raw)
+    root, csvs = split_dir
+    out = tmp_path / "model.onnx"
+    report = export_model(tiny_checkpoint, csvs["val"], out, ExportSettings.from_params(params),
+                          params.classes, root=root)
+    assert report["dynamo"] and report["parity"]["passed"]
+    assert not Path(f"{out}.data").exists()  # one self-contained file
+    assert OnnxClassifier(out).probabilities(np.zeros((3, 1, 32, 32), np.float32)).shape == (3, 6)
+
+
+def test_parity_gate_message():
+    report = {"parity": {"passed": False, "n_images": 32, "max_abs_diff": 0.2,
+                         "batch1_max_abs_diff": 0.1, "atol": 1e-4, "top1_agreement": 0.5,
+                         "min_top1_agreement": 0.99}}
+    with pytest.raises(ExportError, match=r"parity failed .* max \|dp\| = 0.2 .*parity_atol"):
+        check_parity(report)
+
+
+def _stage_repo(tmp_path: Path, params_raw: dict) -> Path:
+    """A working directory laid out like the repo for running stages/export.py."""
+    make_split(tmp_path, params_raw["classes"], {"val": 6})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw))
+    return tmp_path
+
+
+def test_stage_script_writes_report_and_fails_clearly_on_parity(tiny_checkpoint, params_raw,
+                                                                tmp_path):
+    repo = _stage_repo(tmp_path, params_raw)
+    cmd = [sys.executable, str(REPO / "stages" / "export.py"), "--checkpoint",
+           str(tiny_checkpoint), "--val", "val.csv", "--out", "m/model.onnx",
+           "--report", "r/export.json"]
+    ok = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((repo / "r" / "export.json").read_text())["parity"]["passed"]
+
+    # A tolerance no float computation can meet with non-zero differences -> one-line failure.
+    params_raw["export"]["parity_atol"] = 0.0
+    params_raw["export"]["min_top1_agreement"] = 1.0
+    # Random model + random inputs: probability differences of exactly zero everywhere would
+    # be a coincidence; if it happens the export is bit-exact and the gate rightly passes.
+    (repo / "params.yaml").write_text(yaml.safe_dump(params_raw))
+    bad = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    diff = json.loads((repo / "r" / "export.json").read_text())["parity"]["max_abs_diff"]
+    if diff > 0:
+        assert bad.returncode == 2
+        last = bad.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ONNX/PyTorch parity failed") and "parity_atol" in last
+        assert "Traceback" not in bad.stderr
