@@ -1,0 +1,175 @@
+"""Exploratory data analysis of the ingested images: numbers in ``reports/eda.json``, PNG plots.
+
+What it answers before any training: is the class balance what we expect, are the images the
+size and mode we think, how many are blurry (Laplacian variance, :mod:`emorec.quality`), and how
+many are exact or near duplicates (perceptual hash within ``eda.near_duplicate_distance`` bits)?
+Near duplicates that carry *different* labels are counted separately: they are label noise, and
+near duplicates split across train and test inflate test scores.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from emorec.config import Params
+from emorec.ingest import read_manifest
+from emorec.quality import laplacian_variance, perceptual_hash
+
+matplotlib.use("Agg")  # files only: no display on CI or in DVC runs
+
+_PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
+
+
+def distribution(values: np.ndarray) -> dict[str, float]:
+    """Mean, std and percentiles, the shape of a distribution in a few numbers."""
+    values = np.asarray(values, dtype=np.float64)
+    stats = {"mean": float(values.mean()), "std": float(values.std())}
+    stats.update({f"p{q}": float(v) for q, v in zip(_PERCENTILES,
+                                                     np.percentile(values, _PERCENTILES),
+                                                     strict=True)})
+    return stats
+
+
+def hash_bits(hashes: list[Any]) -> np.ndarray:
+    """Perceptual hashes as packed unsigned integers, one row per image, for vectorised XOR."""
+    bits = np.stack([np.asarray(h.hash, dtype=bool).ravel() for h in hashes])
+    return np.packbits(bits, axis=1)
+
+
+def near_duplicate_pairs(packed: np.ndarray, distance: int, block: int = 256
+                         ) -> list[tuple[int, int, int]]:
+    """All pairs ``(i, j, hamming)``, ``i < j``, whose hashes differ in at most ``distance`` bits.
+
+    Exact and all-pairs, in blocks with ``np.bitwise_count``: tens of thousands of images take
+    seconds, where a Python loop over pairs would take hours.
+    """
+    pairs: list[tuple[int, int, int]] = []
+    n = len(packed)
+    for start in range(0, n, block):
+        rows = packed[start:start + block]
+        dist = np.bitwise_count(rows[:, None, :] ^ packed[None, :, :]).sum(axis=2, dtype=np.int32)
+        ii, jj = np.nonzero(dist <= distance)
+        for i, j in zip(ii + start, jj, strict=True):
+            if i < j:
+                pairs.append((int(i), int(j), int(dist[i - start, j])))
+    return pairs
+
+
+def analyse(frame: pd.DataFrame, classes: list[str], near_distance: int
+            ) -> tuple[dict[str, Any], np.ndarray]:
+    """The EDA report for a manifest, plus the blur value of every image (for the histogram)."""
+    blur = np.empty(len(frame))
+    hashes = []
+    for k, path in enumerate(tqdm(frame["path"], desc="eda", unit="img", mininterval=2)):
+        with Image.open(path) as img:
+            gray = np.asarray(img.convert("L"))
+        blur[k] = laplacian_variance(gray)
+        hashes.append(perceptual_hash(gray))
+
+    counts = Counter(frame["label"])
+    total = len(frame)
+    pairs = near_duplicate_pairs(hash_bits(hashes), near_distance)
+    labels = frame["label"].to_numpy()
+    in_pair = {i for i, j, _ in pairs} | {j for i, j, _ in pairs}
+    sha_counts = frame["sha256"].value_counts()
+    sizes = frame["width"].astype(str) + "x" + frame["height"].astype(str)
+    report = {
+        "images": total,
+        "per_class": {c: {"count": int(counts.get(c, 0)),
+                          "percent": round(100.0 * counts.get(c, 0) / total, 2)} for c in classes},
+        "imbalance_ratio": round(max(counts.values()) / max(1, min(counts.values())), 3),
+        "sources": {k: int(v) for k, v in frame["source"].value_counts().items()},
+        "modes": {k: int(v) for k, v in frame["mode"].value_counts().items()},
+        "size": {
+            "width": distribution(frame["width"].to_numpy()),
+            "height": distribution(frame["height"].to_numpy()),
+            "most_common": {k: int(v) for k, v in sizes.value_counts().head(10).items()},
+        },
+        "blur_laplacian_variance": distribution(blur),
+        "duplicates": {
+            "exact_extra_copies": int((sha_counts - 1).sum()),
+            "near_distance": near_distance,
+            "near_pairs": len(pairs),
+            "near_images": len(in_pair),
+            "near_pairs_cross_label": int(sum(labels[i] != labels[j] for i, j, _ in pairs)),
+            "near_examples": [
+                {"a": frame["path"].iat[i], "b": frame["path"].iat[j], "hamming": d}
+                for i, j, d in pairs[:20]],
+        },
+    }
+    return report, blur
+
+
+# -- plots ------------------------------------------------------------------------------------
+def plot_class_counts(report: dict[str, Any], path: Path) -> None:
+    names = list(report["per_class"])
+    counts = [report["per_class"][c]["count"] for c in names]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bars = ax.bar(names, counts, color="#4c72b0")
+    ax.bar_label(bars, labels=[f"{report['per_class'][c]['percent']}%" for c in names])
+    ax.set_ylabel("images")
+    ax.set_title(f"Images per class (n={report['images']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_blur_histogram(blur: np.ndarray, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(blur, bins=50, color="#55a868")
+    ax.set_xlabel("Laplacian variance (low = blurry)")
+    ax.set_ylabel("images")
+    ax.set_title("Sharpness distribution")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_sample_grid(frame: pd.DataFrame, classes: list[str], per_class: int, seed: int,
+                     path: Path) -> None:
+    """A row of randomly chosen (seeded) images for every class."""
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 1.1, len(classes) * 1.2),
+                             squeeze=False)
+    for r, name in enumerate(classes):
+        paths = frame.loc[frame["label"] == name, "path"].to_numpy()
+        chosen = rng.choice(paths, size=min(per_class, len(paths)), replace=False)
+        for c in range(per_class):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c < len(chosen):
+                with Image.open(chosen[c]) as img:
+                    ax.imshow(np.asarray(img.convert("L")), cmap="gray", vmin=0, vmax=255)
+        axes[r, 0].set_title(name, loc="left", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_eda(params: Params, manifest: Path, plots_dir: Path, report_path: Path) -> dict[str, Any]:
+    """Analyse the manifest, write the JSON report and the plots; return the report."""
+    classes = params.classes
+    eda = params.section("eda")
+    near = eda.integer("near_duplicate_distance", low=0, high=64)
+    per_class = eda.integer("samples_per_class", low=1, high=32)
+    frame = read_manifest(manifest, classes)
+    report, blur = analyse(frame, classes, near)
+
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    plot_class_counts(report, plots_dir / "class_counts.png")
+    plot_sample_grid(frame, classes, per_class, params.seed, plots_dir / "samples.png")
+    plot_blur_histogram(blur, plots_dir / "blur_hist.png")
+    report["plots"] = sorted(p.as_posix() for p in plots_dir.glob("*.png"))
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,209 @@
+"""Split + balance: manifest -> stratified train/val/test CSVs, then balancing of train only.
+
+Order matters for leakage: the split is made on *original* images first, and only then are
+augmented copies made, from train images, into train. Every row carries ``origin`` (the id of the
+original image), so "no augmented copy crosses splits" is a checkable property
+(:func:`check_no_leakage`), verified on every run.
+
+``balance.strategy``:
+
+* ``none`` - train as split; ``class_weights.json`` holds 1.0 for every class.
+* ``oversample_augment`` - minority classes of train are topped up towards the largest class with
+  augmented copies (:mod:`emorec.augment`), at most ``balance.aug_per_image_limit`` copies per
+  original, spread evenly over the class's images. ``class_weights.json`` then holds the
+  inverse-frequency ("balanced") weights of the *balanced* train set: 1.0 where the top-up
+  reached the target, above 1 where the per-image limit stopped it short.
+* ``class_weights`` - train as split; ``class_weights.json`` holds the balanced inverse-frequency
+  weights ``n / (k * n_class)`` for a weighted loss (``train.use_class_weights``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_class_weight
+from tqdm import tqdm
+
+from emorec.augment import augment, build_pipeline
+from emorec.config import Params
+from emorec.data import COLUMNS
+from emorec.errors import DataError, ParamsError
+from emorec.ingest import png_bytes, read_manifest
+from emorec.labels import write_label_map
+
+SPLITS = ("train", "val", "test")
+STRATEGIES = ("none", "oversample_augment", "class_weights")
+_RETRIES = 5  # redraws when an augmented copy comes out pixel-identical to its parent
+
+
+def split_ratios(params: Params) -> dict[str, float]:
+    """``split.ratios`` as {train, val, test}, each in (0, 1), summing to 1."""
+    raw = params.mapping("split.ratios")
+    if set(raw) != set(SPLITS):
+        raise ParamsError("split.ratios", f"must have exactly the keys {list(SPLITS)}, "
+                                          f"got {sorted(raw)}")
+    ratios = {name: params.number(f"split.ratios.{name}", low=0) for name in SPLITS}
+    for name, value in ratios.items():
+        if not 0 < value < 1:
+            raise ParamsError(f"split.ratios.{name}", f"must be between 0 and 1, got {value}")
+    total = sum(ratios.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ParamsError("split.ratios", f"must sum to 1, got {total:g}")
+    return ratios
+
+
+def to_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Manifest rows in the split CSV layout; an original is its own origin."""
+    rows = manifest.rename(columns={"id": "origin"})
+    return rows[COLUMNS].reset_index(drop=True)
+
+
+def stratified_split(rows: pd.DataFrame, ratios: dict[str, float], seed: int
+                     ) -> dict[str, pd.DataFrame]:
+    """Train/val/test with the class proportions of ``rows`` in each (two sklearn splits)."""
+    held_out = ratios["val"] + ratios["test"]
+    try:
+        train, rest = train_test_split(rows, test_size=held_out, stratify=rows["label"],
+                                       random_state=seed)
+        val, test = train_test_split(rest, test_size=ratios["test"] / held_out,
+                                     stratify=rest["label"], random_state=seed)
+    except ValueError as err:
+        counts = dict(Counter(rows["label"]))
+        raise DataError(f"cannot make a stratified split of {counts} with ratios {ratios}: {err}"
+                        " (each class needs enough images for every split)") from err
+    return {name: frame.sort_values("origin").reset_index(drop=True)
+            for name, frame in zip(SPLITS, (train, val, test), strict=True)}
+
+
+def copies_per_image(n_images: int, target: int, limit: int, rng: np.random.Generator
+                     ) -> np.ndarray:
+    """How many augmented copies each of ``n_images`` originals gets to approach ``target``.
+
+    Spread as evenly as possible (counts differ by at most one, the extra ones on randomly chosen
+    images) and never more than ``limit`` per image.
+    """
+    need = min(max(0, target - n_images), n_images * limit)
+    copies = np.full(n_images, need // n_images if n_images else 0, dtype=np.int64)
+    extra = rng.choice(n_images, size=need - int(copies.sum()), replace=False)
+    copies[extra] += 1
+    return copies
+
+
+def oversample_augment(train: pd.DataFrame, pipeline: Any, limit: int, out_dir: Path,
+                       seed: int, root: Path = Path(".")) -> pd.DataFrame:
+    """Augmented copies of minority-class train images, written under ``out_dir``; their rows."""
+    rng = np.random.default_rng(seed)
+    target = int(train["label"].value_counts().max())
+    plan: list[tuple[pd.Series, int]] = []
+    for _, group in train.groupby("label", sort=True):
+        copies = copies_per_image(len(group), target, limit, rng)
+        plan.extend((row, int(k)) for (_, row), k in zip(group.iterrows(), copies, strict=True)
+                    if k)
+    rows = []
+    for parent, n in tqdm(plan, desc="augment", unit="img", mininterval=2):
+        with Image.open(root / parent["path"]) as img:
+            gray = np.asarray(img.convert("L"))
+        folder = out_dir / parent["label"]
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            data = _distinct_copy(pipeline, gray, parent["sha256"])
+            path = folder / f"{parent['origin']}-aug{k}.png"
+            path.write_bytes(data)
+            rows.append({"path": path.as_posix(), "label": parent["label"],
+                         "source": "augmented", "origin": parent["origin"],
+                         "sha256": _sha256(data)})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _distinct_copy(pipeline: Any, gray: np.ndarray, parent_sha: str) -> bytes:
+    """PNG bytes of an augmented copy; redrawn when every transform happened to be skipped."""
+    for _ in range(_RETRIES):
+        data = png_bytes(Image.fromarray(augment(pipeline, gray)))
+        if _sha256(data) != parent_sha:
+            break
+    return data
+
+
+def class_weights(train: pd.DataFrame, classes: list[str], strategy: str) -> dict[str, float]:
+    """Loss weights per class (see the module docstring for what each strategy writes)."""
+    if strategy == "none":
+        return {c: 1.0 for c in classes}
+    weights = compute_class_weight("balanced", classes=np.array(classes),
+                                   y=train["label"].to_numpy())
+    return {c: round(float(w), 6) for c, w in zip(classes, weights, strict=True)}
+
+
+def check_no_leakage(splits: dict[str, pd.DataFrame]) -> dict[str, int]:
+    """Raise when an origin (original image or its copies) or exact pixels appear in two splits."""
+    owner: dict[str, str] = {}
+    sha_owner: dict[str, str] = {}
+    for name, frame in splits.items():
+        for origin, sha in zip(frame["origin"], frame["sha256"], strict=True):
+            if owner.setdefault(origin, name) != name:
+                raise DataError(f"leakage: origin {origin} is in both {owner[origin]} and {name}")
+            if sha_owner.setdefault(sha, name) != name:
+                raise DataError(f"leakage: identical image {sha[:12]} is in both "
+                                f"{sha_owner[sha]} and {name}")
+    return {"shared_origins": 0, "shared_sha256": 0}
+
+
+def run_split(params: Params, manifest: Path, out_dir: Path, report_path: Path) -> dict[str, Any]:
+    """Split, balance, check, write the CSVs, label map, class weights and report."""
+    classes = params.classes
+    ratios = split_ratios(params)
+    seed = params.integer("split.seed")
+    strategy = params.choice("balance.strategy", STRATEGIES)
+    if strategy == "oversample_augment":  # validated before any file is read or written
+        limit = params.integer("balance.aug_per_image_limit", low=0)
+        pipeline = build_pipeline(params.sequence("balance.augment"), seed=seed)
+    rows = to_rows(read_manifest(manifest, classes))
+    splits = stratified_split(rows, ratios, seed)
+    before = Counter(splits["train"]["label"])
+
+    aug_dir = out_dir / "augmented"
+    if aug_dir.exists():
+        shutil.rmtree(aug_dir)
+    augmented = pd.DataFrame(columns=COLUMNS)
+    if strategy == "oversample_augment":
+        augmented = oversample_augment(splits["train"], pipeline, limit, aug_dir, seed)
+        if len(augmented):
+            splits["train"] = pd.concat([splits["train"], augmented], ignore_index=True)
+    leakage = check_no_leakage(splits)
+    weights = class_weights(splits["train"], classes, strategy)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, frame in splits.items():
+        frame[COLUMNS].to_csv(out_dir / f"{name}.csv", index=False)
+    write_label_map(classes, out_dir / "label_map.json")
+    (out_dir / "class_weights.json").write_text(json.dumps(weights, indent=2) + "\n")
+
+    aug_counts = Counter(augmented["label"])
+    report = {
+        "seed": seed,
+        "ratios": ratios,
+        "strategy": strategy,
+        "sizes": {name: len(frame) for name, frame in splits.items()},
+        "per_class": {name: {c: int((frame["label"] == c).sum()) for c in classes}
+                      for name, frame in splits.items()},
+        "train_before_balance": {c: int(before.get(c, 0)) for c in classes},
+        "augmented": {"total": len(augmented),
+                      "per_class": {c: int(aug_counts.get(c, 0)) for c in classes}},
+        "class_weights": weights,
+        "leakage": leakage,
+    }
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return report
