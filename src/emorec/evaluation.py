@@ -1,0 +1,139 @@
+"""Scoring a trained checkpoint on a split, and the prediction loop shared with validation.
+
+The evaluate stage writes the test metrics (``classification_metrics`` shape) as a DVC metrics
+file, the per-sample ``actual,predicted`` table that DVC's ``confusion`` template renders, the
+per-class F1 table for a bar plot, a confusion-matrix PNG and a grid of the most confident
+mistakes, which is usually the quickest way to spot label noise or a preprocessing bug.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from scipy.special import softmax
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from emorec.config import Params
+from emorec.data import FaceDataset, read_split
+from emorec.errors import DataError
+from emorec.metrics import classification_metrics, confusion
+from emorec.models import device as default_device
+from emorec.models import load_checkpoint
+from emorec.plots import confusion_matrix_png, image_grid_png
+from emorec.transforms import Preprocess
+
+log = logging.getLogger(__name__)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed-precision context for ``device``; ``dtype=None`` means full float32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
+                   amp_dtype: torch.dtype | None = None, progress: bool = False,
+                   desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """Float32 logits ``[N, C]`` and targets ``[N]`` for every batch of ``loader``.
+
+    Puts ``model`` in eval mode; callers that go on training switch it back. Results stay on the
+    device until the end so the loop does not wait for each batch (one sync, not one per batch).
+    """
+    model.eval()
+    outs, targets = [], []
+    for x, y in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        with autocast(device, amp_dtype):
+            outs.append(model(x.to(device, non_blocking=True)).float())
+        targets.append(y)
+    if not outs:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return torch.cat(outs).cpu().numpy(), torch.cat(targets).numpy()
+
+
+def worst_misclassifications(probs: np.ndarray, y_true: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` most confident wrong predictions, most confident first."""
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y_true)
+    confidence = probs[wrong, pred[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")][:k]
+
+
+def _check_classes(meta_classes: list[str], params: Params, model_path: Path) -> list[str]:
+    if list(meta_classes) != params.classes:
+        raise DataError(f"{model_path} was trained for classes {list(meta_classes)} but params "
+                        f"'classes' is {params.classes}; retrain or fix params.yaml")
+    return list(meta_classes)
+
+
+def write_plot_tables(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str, Any],
+                      classes: list[str], plots_dir: Path) -> None:
+    """The CSV files declared as DVC plots (confusion template, per-class F1 bars)."""
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    names = np.asarray(classes)
+    pd.DataFrame({"actual": names[y_true], "predicted": names[y_pred]}).to_csv(
+        plots_dir / "confusion.csv", index=False)
+    pd.DataFrame({"class": classes,
+                  "f1": [metrics["per_class"][c]["f1"] for c in classes]}).to_csv(
+        plots_dir / "per_class_f1.csv", index=False)
+
+
+def evaluate_checkpoint(params: Params, model_path: str | Path, split_csv: str | Path,
+                        metrics_path: str | Path, plots_dir: str | Path,
+                        root: str | Path = ".", progress: bool = True) -> dict[str, Any]:
+    """Score ``model_path`` on ``split_csv``; write the metrics JSON and plots; return metrics."""
+    model_path, plots_dir, metrics_path = Path(model_path), Path(plots_dir), Path(metrics_path)
+    dev = default_device()
+    model, meta = load_checkpoint(model_path, map_location=dev)
+    model.to(dev)
+    classes = _check_classes(meta["classes"], params, model_path)
+    image = meta["image"]
+    pre = Preprocess(size=int(image["size"]), mean=float(image["mean"]), std=float(image["std"]))
+    frame = read_split(split_csv, classes)
+    dataset = FaceDataset(frame, classes, pre, root=root)
+    missing = [str(p) for p in dataset.paths if not p.is_file()]
+    if missing:
+        raise DataError(f"{split_csv}: {len(missing)} image files are missing, e.g. {missing[0]}")
+    loader = DataLoader(dataset, batch_size=params.integer("evaluate.batch_size", low=1),
+                        shuffle=False, num_workers=params.integer("train.num_workers", low=0))
+    logits, y_true = predict_logits(model, loader, dev, progress=progress, desc="evaluate")
+    probs = softmax(logits.astype(np.float64), axis=1)
+    y_pred = probs.argmax(axis=1)
+
+    metrics = classification_metrics(y_true, y_pred, classes)
+    metrics.update({
+        "n_images": len(dataset),
+        "n_misclassified": int((y_pred != y_true).sum()),
+        "model": {"name": meta.get("model_name"), "epoch": meta.get("epoch"),
+                  "val_macro_f1": (meta.get("metrics") or {}).get("macro_f1")},
+    })
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+
+    write_plot_tables(y_true, y_pred, metrics, classes, plots_dir)
+    confusion_matrix_png(confusion(y_true, y_pred, len(classes)), classes,
+                         plots_dir / "confusion.png",
+                         title=f"{Path(split_csv).stem}: macro-F1 {metrics['macro_f1']:.3f}")
+    worst = worst_misclassifications(probs, y_true, params.integer("evaluate.worst_k", low=0))
+    images, titles = [], []
+    for i in worst:
+        with Image.open(dataset.paths[i]) as img:
+            images.append(pre.to_gray(img))
+        titles.append(f"{classes[y_true[i]]} -> {classes[y_pred[i]]} ({probs[i, y_pred[i]]:.2f})")
+    image_grid_png(images, titles, plots_dir / "worst.png",
+                   title=f"Most confident mistakes ({len(worst)} of "
+                         f"{metrics['n_misclassified']}; true -> predicted (confidence))")
+    log.info("%s: accuracy %.3f, macro-F1 %.3f on %d images", split_csv, metrics["accuracy"],
+             metrics["macro_f1"], len(dataset))
+    return metrics

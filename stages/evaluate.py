@@ -1,0 +1,32 @@
+"""Evaluate stage: score the best checkpoint on the test split (metrics JSON, DVC plots, PNGs)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from emorec.cli import run_stage, stage_parser
+from emorec.evaluation import evaluate_checkpoint
+
+
+def build_parser():
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("models/best.pt"),
+                        help="checkpoint written by the train stage")
+    parser.add_argument("--split-csv", type=Path, default=Path("data/processed/test.csv"),
+                        help="split to score")
+    parser.add_argument("--metrics", type=Path, default=Path("reports/metrics/test.json"),
+                        help="accuracy, macro-F1 and per-class precision/recall/F1")
+    parser.add_argument("--plots-dir", type=Path, default=Path("reports/evaluate"),
+                        help="confusion.csv, per_class_f1.csv, confusion.png, worst.png")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def main(params, args) -> None:
+    evaluate_checkpoint(params, args.model, args.split_csv, args.metrics, args.plots_dir,
+                        progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, build_parser()))

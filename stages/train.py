@@ -1,0 +1,47 @@
+"""Train stage: fine-tune ``train.model`` on the training split, keep the best epoch's weights.
+
+Single process: ``python stages/train.py``. Data parallel on N processes (gloo on CPU, NCCL on
+CUDA): ``torchrun --nproc_per_node=N stages/train.py`` (rank 0 logs and writes the outputs).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from emorec.cli import run_stage, stage_parser
+from emorec.training import TrainPaths, run
+
+
+def build_parser():
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--train-csv", type=Path, default=Path("data/synth/train.csv"),
+                        help="training split (processed train + accepted synthetic rows)")
+    parser.add_argument("--val-csv", type=Path, default=Path("data/processed/val.csv"),
+                        help="validation split: early stopping and best-epoch choice")
+    parser.add_argument("--label-map", type=Path, default=Path("data/processed/label_map.json"),
+                        help="class -> index; must match params 'classes'")
+    parser.add_argument("--class-weights", type=Path,
+                        default=Path("data/processed/class_weights.json"),
+                        help="per-class loss weights (used when train.use_class_weights)")
+    parser.add_argument("--out", type=Path, default=Path("models/best.pt"),
+                        help="best checkpoint (highest val macro-F1)")
+    parser.add_argument("--state", type=Path, default=Path("models/last.pt"),
+                        help="resumable training state, written every epoch")
+    parser.add_argument("--live-dir", type=Path, default=Path("reports/train"),
+                        help="dvclive directory: metrics.json and per-epoch plots")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run saved in --state (same params, more epochs ok)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def main(params, args) -> None:
+    paths = TrainPaths(train_csv=args.train_csv, val_csv=args.val_csv, label_map=args.label_map,
+                       class_weights=args.class_weights, best=args.out, state=args.state,
+                       live_dir=args.live_dir)
+    run(params, paths, resume=args.resume, progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, build_parser()))

@@ -1,0 +1,149 @@
+"""The evaluate stage: test metrics JSON, DVC plot tables and PNGs from a trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from tinydata import CLASSES, make_dataset, tiny_params, write_params
+
+from emorec.config import Params
+from emorec.errors import DataError
+from emorec.evaluation import evaluate_checkpoint, worst_misclassifications
+from emorec.training import TrainPaths, fit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, repo_params_raw) -> tuple[Path, dict]:
+    """Tiny data plus a model trained on it in-process (2 epochs)."""
+    root = make_dataset(tmp_path_factory.mktemp("eval"))
+    raw = tiny_params(repo_params_raw, model="test_convnext", epochs=2)
+    write_params(root / "params.yaml", raw)
+    paths = TrainPaths(
+        train_csv=root / "data/synth/train.csv", val_csv=root / "data/processed/val.csv",
+        label_map=root / "data/processed/label_map.json",
+        class_weights=root / "data/processed/class_weights.json", best=root / "models/best.pt",
+        state=root / "models/last.pt", live_dir=root / "reports/train", root=root)
+    fit(Params(raw), paths, progress=False)
+    return root, raw
+
+
+def test_evaluate_stage_writes_metrics_and_plots(trained):
+    root, _ = trained
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "stages/evaluate.py"), "--no-progress"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+    metrics = json.loads((root / "reports/metrics/test.json").read_text())
+    assert metrics["n_images"] == 24 and metrics["model"]["name"] == "test_convnext"
+    assert metrics["macro_f1"] > 0.8  # chance is 1/3
+    assert set(metrics["per_class"]) == set(CLASSES)
+    for row in metrics["per_class"].values():
+        assert set(row) == {"precision", "recall", "f1", "support"} and row["support"] == 8
+
+    plots = root / "reports/evaluate"
+    confusion = pd.read_csv(plots / "confusion.csv")
+    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == 24
+    assert set(confusion["actual"]) == set(CLASSES)
+    accuracy = float((confusion["actual"] == confusion["predicted"]).mean())
+    assert accuracy == pytest.approx(metrics["accuracy"])
+    assert metrics["n_misclassified"] == int((confusion["actual"] != confusion["predicted"]).sum())
+    f1 = pd.read_csv(plots / "per_class_f1.csv").set_index("class")["f1"]
+    assert f1.to_dict() == pytest.approx({c: metrics["per_class"][c]["f1"] for c in CLASSES})
+    for png in ("confusion.png", "worst.png"):
+        with Image.open(plots / png) as img:
+            assert img.format == "PNG" and min(img.size) > 100
+
+
+def test_evaluate_rejects_a_model_for_other_classes(trained, tmp_path):
+    root, raw = trained
+    other = {**raw, "classes": ["happy", "sad", "angry"]}
+    with pytest.raises(DataError, match="trained for classes"):
+        evaluate_checkpoint(Params(other), root / "models/best.pt",
+                            root / "data/processed/test.csv", tmp_path / "m.json",
+                            tmp_path / "plots", root=root, progress=False)
+
+
+def test_worst_misclassifications_are_the_most_confident_mistakes():
+    probs = np.array([[0.9, 0.1, 0.0],   # correct
+                      [0.2, 0.7, 0.1],   # wrong, 0.7
+                      [0.1, 0.1, 0.8],   # wrong, 0.8
+                      [0.3, 0.6, 0.1],   # wrong, 0.6
+                      [0.5, 0.4, 0.1]])  # correct
+    y = np.array([0, 0, 1, 2, 0])
+    assert worst_misclassifications(probs, y, 2).tolist() == [2, 1]
+    assert worst_misclassifications(probs, y, 10).tolist() == [2, 1, 3]
+    assert worst_misclassifications(probs, y, 0).tolist() == []
+
+
+def test_dvc_renders_the_declared_plots_and_metrics(trained, tmp_path):
+    """The repo's dvc.yaml declarations: `dvc plots show` renders confusion and F1 bars."""
+    root, _ = trained
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copytree(root / "reports", repo / "reports")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def dvc(*args: str) -> str:
+        proc = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    dvc("init", "-q")
+    shown = json.loads(dvc("plots", "show", "--json", "reports/evaluate/confusion.csv",
+                           "reports/evaluate/per_class_f1.csv", "train_loss", "train_macro_f1"))
+    assert not shown.get("errors")
+    rendered = shown["data"]
+    confusion = json.dumps(rendered["reports/evaluate/confusion.csv"][0])
+    assert '"mark": "rect"' in confusion and '"field": "actual"' in confusion  # confusion template
+    assert "xy_count" in confusion
+    for name in ("reports/evaluate/per_class_f1.csv", "train_loss", "train_macro_f1"):
+        assert rendered[name][0]["type"] == "vega"
+        assert rendered[name][0]["content"]["data"]["values"], name
+    metrics = json.loads(dvc("metrics", "show", "--json"))
+    flat = json.dumps(metrics)
+    assert "reports/metrics/test.json" in flat and "macro_f1" in flat
+    assert "reports/train/metrics.json" in flat
+
+
+def test_readme_metrics_section_is_rendered_from_reports(trained, tmp_path):
+    """scripts/readme_metrics.py fills the README section from the evaluate/train reports."""
+    import importlib.util
+
+    root, raw = trained
+    test_json = tmp_path / "test.json"
+    evaluate_checkpoint(Params(raw), root / "models/best.pt", root / "data/processed/test.csv",
+                        test_json, tmp_path / "plots", root=root, progress=False)
+    spec = importlib.util.spec_from_file_location("readme_metrics",
+                                                  REPO / "scripts/readme_metrics.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\n<!-- metrics:start -->\nold\n<!-- metrics:end -->\n\nmore\n")
+    args = ["--readme", str(readme), "--test", str(test_json),
+            "--train", str(root / "reports/train/metrics.json"),
+            "--bench", str(tmp_path / "absent.json")]
+
+    assert tool.main([*args, "--check"]) == 1
+    assert tool.main(args) == 0
+    assert tool.main([*args, "--check"]) == 0
+    text = readme.read_text()
+    test = json.loads(test_json.read_text())
+    assert f"| Test macro-F1 | {test['macro_f1']:.3f} |" in text
+    assert "| angry |" in text and "old" not in text
+    assert text.startswith("# Title\n\n<!-- metrics:start -->\n") and text.endswith("\n\nmore\n")
