@@ -23,13 +23,14 @@ from emorec.transforms import Preprocess
 COLUMNS = ["path", "label", "source", "origin", "sha256"]
 
 
-def read_split(path: str | Path, classes: list[str]) -> pd.DataFrame:
-    """Load a split CSV and check that it is usable for training."""
+def read_labelled_csv(path: str | Path, columns: list[str], classes: list[str],
+                      what: str = "split file", hint: str = "") -> pd.DataFrame:
+    """Load a CSV of labelled images, checking the columns and labels later code relies on."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"split file not found: {path}")
+        raise DataError(f"{what} not found: {path}{hint}")
     frame = pd.read_csv(path)
-    missing = [c for c in COLUMNS if c not in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{path} lacks columns {missing}")
     unknown = sorted(set(frame["label"]) - set(classes))
@@ -38,6 +39,11 @@ def read_split(path: str | Path, classes: list[str]) -> pd.DataFrame:
     if frame.empty:
         raise DataError(f"{path} has no rows")
     return frame
+
+
+def read_split(path: str | Path, classes: list[str]) -> pd.DataFrame:
+    """Load a split CSV and check that it is usable for training."""
+    return read_labelled_csv(path, COLUMNS, classes)
 
 
 class FaceDataset(Dataset):

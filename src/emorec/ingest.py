@@ -38,6 +38,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from emorec.config import Params
+from emorec.data import read_labelled_csv
 from emorec.demo_faces import generate_dataset
 from emorec.errors import DataError, ImageError, ParamsError
 from emorec.imageio import REJECT_REASONS, open_image
@@ -201,18 +202,9 @@ def candidates(params: Params) -> Iterator[Candidate]:
 
 def read_manifest(path: Path, classes: list[str]) -> pd.DataFrame:
     """The ingest manifest, checked for the columns and labels later stages rely on."""
-    if not path.is_file():
-        raise DataError(f"manifest not found: {path} (run the ingest stage first)")
-    frame = pd.read_csv(path)
-    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path} lacks columns {missing}")
-    unknown = sorted(set(frame["label"]) - set(classes))
-    if unknown:
-        raise DataError(f"{path} has labels not in params 'classes': {unknown}")
-    if frame.empty:
-        raise DataError(f"{path} has no rows")
-    return frame
+    return read_labelled_csv(path, MANIFEST_COLUMNS, classes,
+                             what="manifest",
+                             hint=" (run the ingest stage first)")
 
 
 # -- normalisation --------------------------------------------------------------------------------
