@@ -65,7 +65,7 @@ def near_duplicate_pairs(packed: np.ndarray, distance: int, block: int = 256
     return pairs
 
 
-def analyse(frame: pd.DataFrame, classes: list[str], near_distance: int
+def analyse(frame: pd.DataFrame, classes: list[str], near_distance: int, hash_size: int = 8
             ) -> tuple[dict[str, Any], np.ndarray]:
     """The EDA report for a manifest, plus the blur value of every image (for the histogram)."""
     blur = np.empty(len(frame))
@@ -74,7 +74,7 @@ def analyse(frame: pd.DataFrame, classes: list[str], near_distance: int
         with Image.open(path) as img:
             gray = np.asarray(img.convert("L"))
         blur[k] = laplacian_variance(gray)
-        hashes.append(perceptual_hash(gray))
+        hashes.append(perceptual_hash(gray, hash_size))
 
     counts = Counter(frame["label"])
     total = len(frame)
@@ -99,6 +99,7 @@ def analyse(frame: pd.DataFrame, classes: list[str], near_distance: int
         "duplicates": {
             "exact_extra_copies": int((sha_counts - 1).sum()),
             "near_distance": near_distance,
+            "hash_bits": hash_size * hash_size,
             "near_pairs": len(pairs),
             "near_images": len(in_pair),
             "near_pairs_cross_label": int(sum(labels[i] != labels[j] for i, j, _ in pairs)),
@@ -160,10 +161,11 @@ def run_eda(params: Params, manifest: Path, plots_dir: Path, report_path: Path) 
     """Analyse the manifest, write the JSON report and the plots; return the report."""
     classes = params.classes
     eda = params.section("eda")
-    near = eda.integer("near_duplicate_distance", low=0, high=64)
+    hash_size = eda.integer("phash_size", low=4, high=64)
+    near = eda.integer("near_duplicate_distance", low=0, high=hash_size * hash_size)
     per_class = eda.integer("samples_per_class", low=1, high=32)
     frame = read_manifest(manifest, classes)
-    report, blur = analyse(frame, classes, near)
+    report, blur = analyse(frame, classes, near, hash_size)
 
     plots_dir.mkdir(parents=True, exist_ok=True)
     plot_class_counts(report, plots_dir / "class_counts.png")
