@@ -14,10 +14,7 @@ from pathlib import Path
 
 from emorec.cli import run_stage, stage_parser
 from emorec.config import Params
-from emorec.data import read_split
-from emorec.models import device, load_checkpoint
 from emorec.transforms import Preprocess
-from emorec.xai.pipeline import ExplainConfig, run_explain
 
 log = logging.getLogger("emorec.explain")
 
@@ -42,8 +39,7 @@ def preprocess_for(meta: dict, params: Params) -> Preprocess:
     image = meta.get("image")
     if not image:
         return Preprocess.from_params(params)
-    pre = Preprocess(size=int(image["size"]), mean=float(image["mean"]),
-                     std=float(image["std"]))
+    pre = Preprocess.from_meta(image)
     if pre != Preprocess.from_params(params):
         log.warning("checkpoint image settings %s differ from params.yaml image; using the "
                     "checkpoint's (the model was trained on them)", image)
@@ -51,6 +47,11 @@ def preprocess_for(meta: dict, params: Params) -> Preprocess:
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
+    # torch, captum, shap and lime take seconds to import: not for `--help`
+    from emorec.data import read_split
+    from emorec.models import device, load_checkpoint
+    from emorec.xai.pipeline import ExplainConfig, run_explain
+
     cfg = ExplainConfig.from_params(params)
     model, meta = load_checkpoint(args.model, map_location=device())
     classes = list(meta["classes"])

@@ -49,3 +49,25 @@ def tiny_checkpoint(tmp_path_factory, repo_params_raw) -> Path:
     save_checkpoint(path, model, model_name="resnet10t", classes=classes, image=raw["image"],
                     params=raw, data_version={}, epoch=0, metrics={})
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_checkpoint, repo_params_raw) -> dict:
+    """``tiny_checkpoint`` exported to FP32 ONNX by the pipeline's code, once per session.
+
+    Returns ``root`` (the folder), ``csvs`` (a 12-image ``val`` split under it, from
+    :func:`imagesplits.make_split`, used for the parity batch) and ``fp32`` (the model path).
+    """
+    from imagesplits import make_split
+
+    from emorec.export import ExportSettings, export_model
+
+    root = tmp_path_factory.mktemp("tiny_onnx")
+    raw = copy.deepcopy(repo_params_raw)
+    raw["image"]["size"] = 32
+    params = Params(raw)
+    csvs = make_split(root, params.classes, {"val": 12})
+    fp32 = root / "models" / "model.onnx"
+    export_model(tiny_checkpoint, csvs["val"], fp32, ExportSettings.from_params(params),
+                 params.classes, root=root)
+    return {"root": root, "csvs": csvs, "fp32": fp32}

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import torch
+from stagerun import STAGES, run_python
 from tinydata import make_dataset, tiny_params, write_params
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_torchrun_two_processes_share_the_data(tmp_path, repo_params_raw):
@@ -19,11 +14,9 @@ def test_torchrun_two_processes_share_the_data(tmp_path, repo_params_raw):
     params = write_params(tmp_path / "params.yaml",
                           tiny_params(repo_params_raw, model="test_convnext", epochs=2,
                                       batch_size=8))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(REPO / "stages/train.py"), "--params", str(params), "--no-progress"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_python(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       str(STAGES / "train.py"), "--params", str(params), "--no-progress"],
+                      tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # only rank 0 logs and writes

@@ -13,14 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from stagerun import REPO, STAGES, run_python
 from tinydata import CLASSES, make_dataset, tiny_params, write_params
 
 from emorec.config import Params
 from emorec.errors import DataError
 from emorec.evaluation import evaluate_checkpoint, worst_misclassifications
 from emorec.training import TrainPaths, fit
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +39,7 @@ def trained(tmp_path_factory, repo_params_raw) -> tuple[Path, dict]:
 
 def test_evaluate_stage_writes_metrics_and_plots(trained):
     root, _ = trained
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "stages/evaluate.py"), "--no-progress"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_python([str(STAGES / "evaluate.py"), "--no-progress"], root)
     assert proc.returncode == 0, proc.stderr
 
     metrics = json.loads((root / "reports/metrics/test.json").read_text())

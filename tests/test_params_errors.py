@@ -7,25 +7,21 @@ reading a params file.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from stagerun import STAGES, run_python
 
 from emorec.config import Params
 from emorec.errors import ParamsError
 from emorec.split import run_split
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def run_stage(stage: str, params_raw: dict, cwd: Path) -> subprocess.CompletedProcess:
     params = cwd / "params.yaml"
     params.write_text(yaml.safe_dump(params_raw))
-    return subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"),
-                           "--params", str(params)],
-                          cwd=cwd, capture_output=True, text=True, timeout=120)
+    return run_python([str(STAGES / f"{stage}.py"), "--params", str(params)], cwd, timeout=120)
 
 
 def edit_unknown_source(raw: dict, tmp: Path) -> None:
@@ -86,7 +82,6 @@ def test_bad_balance_values_fail_before_reading_data(params_raw, tmp_path, edit,
 
 
 def test_help_describes_the_stage():
-    result = subprocess.run([sys.executable, str(REPO / "stages" / "ingest.py"), "--help"],
-                            capture_output=True, text=True, timeout=60)
+    result = run_python([str(STAGES / "ingest.py"), "--help"], timeout=60)
     assert result.returncode == 0 and "data.source" in result.stdout
     assert "--params" in result.stdout and "--report" in result.stdout

@@ -11,10 +11,9 @@ import numpy as np
 import onnx
 import pytest
 import yaml
-from test_export import make_split
+from imagesplits import make_split
 
 from emorec.config import Params
-from emorec.export import ExportSettings, export_model
 from emorec.inference import META_CLASSES, META_IMAGE, OnnxClassifier
 from emorec.quantize import QuantizeSettings, run_quantize
 
@@ -28,16 +27,14 @@ def small_params(raw: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory, tiny_checkpoint, repo_params_raw):
-    """Export + quantize the tiny model once for the whole module."""
+def quantized(tmp_path_factory, tiny_checkpoint, tiny_onnx, repo_params_raw):
+    """Quantize the exported tiny model once for the whole module."""
     root = tmp_path_factory.mktemp("quant")
     raw = small_params(json.loads(json.dumps(repo_params_raw)))
     raw["image"]["size"] = 32
     params = Params(raw)
     csvs = make_split(root, params.classes, {"val": 20, "test": 18})
-    fp32 = root / "model.onnx"
-    export_model(tiny_checkpoint, csvs["val"], fp32, ExportSettings.from_params(params),
-                 params.classes, root=root)
+    fp32 = tiny_onnx["fp32"]
     int8, ort_path = root / "model.int8.onnx", root / "model.int8.ort"
     report = run_quantize(tiny_checkpoint, fp32, csvs["val"], csvs["test"], int8, ort_path,
                           QuantizeSettings.from_params(params), params.classes, root=root)

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 import boto3
 import pytest
 from configobj import ConfigObj
+
+from emorec.serving import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -40,12 +41,6 @@ lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.as_posix()}" for p i
 (out / "manifest.txt").write_text("\\n".join(lines) + "\\n")
 (out / "joined.bin").write_bytes(b"".join(p.read_bytes()[::-1] for p in raw))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _remote_url() -> tuple[str, str]:
@@ -78,7 +73,7 @@ def env(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def s3(env) -> Iterator[tuple[str, object]]:
     """moto's standalone S3 server on a free loopback port, with the remote's bucket created."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                              str(port)], env=env, stdout=subprocess.DEVNULL,

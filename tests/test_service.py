@@ -20,11 +20,10 @@ import numpy as np
 import pytest
 import requests
 import yaml
+from imagesplits import face_like, make_split
 from PIL import Image
-from test_export import face_like, make_split
 
 from emorec.config import Params
-from emorec.export import ExportSettings, export_model
 from emorec.faces import crop_largest_face
 from emorec.imageio import open_image
 from emorec.inference import OnnxClassifier
@@ -39,18 +38,15 @@ LIMITS = {"max_image_bytes": 300_000, "max_images_per_request": 4, "max_request_
 
 
 @pytest.fixture(scope="module")
-def int8_model(tmp_path_factory, tiny_checkpoint, repo_params_raw) -> Path:
+def int8_model(tmp_path_factory, tiny_onnx, repo_params_raw) -> Path:
     """The tiny checkpoint exported and statically quantized, as the pipeline would."""
-    root = tmp_path_factory.mktemp("svc_model")
     raw = json.loads(json.dumps(repo_params_raw))
     raw["image"]["size"] = 32
     params = Params(raw)
-    csvs = make_split(root, params.classes, {"val": 12})
-    fp32 = root / "models" / "model.onnx"
-    export_model(tiny_checkpoint, csvs["val"], fp32, ExportSettings.from_params(params),
-                 params.classes, root=root)
-    int8 = root / "models" / "model.int8.onnx"
-    calib = calibration_images(csvs["val"], params.classes, OnnxClassifier(fp32), 12, 0, root)
+    root, fp32 = tiny_onnx["root"], tiny_onnx["fp32"]
+    int8 = tmp_path_factory.mktemp("svc_model") / "models" / "model.int8.onnx"
+    calib = calibration_images(tiny_onnx["csvs"]["val"], params.classes, OnnxClassifier(fp32),
+                               12, 0, root)
     quantize_model(fp32, int8, calib, QuantizeSettings.from_params(params))
     return int8
 

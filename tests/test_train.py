@@ -6,9 +6,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +13,7 @@ import pytest
 import timm
 import torch
 import yaml
+from stagerun import REPO, STAGES, run_python
 from tinydata import CLASSES, make_dataset, tiny_params, write_params
 
 from emorec.config import Params
@@ -28,8 +26,6 @@ from emorec.training import (
     fit,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def _paths(root: Path) -> TrainPaths:
     return TrainPaths(
@@ -37,12 +33,6 @@ def _paths(root: Path) -> TrainPaths:
         label_map=root / "data/processed/label_map.json",
         class_weights=root / "data/processed/class_weights.json", best=root / "models/best.pt",
         state=root / "models/last.pt", live_dir=root / "reports/train", root=root)
-
-
-def _stage(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "DVC_NO_ANALYTICS": "1", **env}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=300)
 
 
 def _tsv_steps(live_dir: Path, metric: str) -> list[int]:
@@ -67,8 +57,8 @@ def workdir(tmp_path, data_root) -> Path:
 def test_train_stage_learns_then_resumes(workdir, repo_params_raw):
     params = write_params(workdir / "params.yaml",
                           tiny_params(repo_params_raw, model="test_convnext", epochs=2))
-    proc = _stage([str(REPO / "stages/train.py"), "--params", str(params), "--no-progress"],
-                  workdir)
+    proc = run_python([str(STAGES / "train.py"), "--params", str(params), "--no-progress"],
+                      workdir)
     assert proc.returncode == 0, proc.stderr
 
     ckpt = torch.load(workdir / "models/best.pt", map_location="cpu", weights_only=False)
@@ -92,8 +82,8 @@ def test_train_stage_learns_then_resumes(workdir, repo_params_raw):
     # "interrupted" after 2 epochs: ask for 3 and continue from the saved state
     params.write_text(yaml.safe_dump(tiny_params(repo_params_raw, model="test_convnext",
                                                  epochs=3)))
-    proc = _stage([str(REPO / "stages/train.py"), "--params", str(params), "--no-progress",
-                   "--resume"], workdir)
+    proc = run_python([str(STAGES / "train.py"), "--params", str(params), "--no-progress",
+                       "--resume"], workdir)
     assert proc.returncode == 0, proc.stderr
     assert "resuming after epoch 2" in proc.stderr
     assert "epoch 3/3" in proc.stderr and "epoch 1/3" not in proc.stderr
@@ -244,8 +234,8 @@ def test_pretrained_hub_id_offline_fails_with_one_clear_line(workdir, repo_param
     params = write_params(workdir / "params.yaml",
                           tiny_params(repo_params_raw, pretrained="hf-hub:timm/resnet10t.c3_in1k",
                                       model="resnet10t"))
-    proc = _stage([str(REPO / "stages/train.py"), "--params", str(params), "--no-progress"],
-                  workdir, HF_HUB_OFFLINE="1")
+    proc = run_python([str(STAGES / "train.py"), "--params", str(params), "--no-progress"],
+                      workdir, HF_HUB_OFFLINE="1")
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr

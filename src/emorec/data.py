@@ -9,16 +9,19 @@ Synthetic rows also carry ``prompt``, ``seed`` and ``prompt_hash``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from emorec.errors import DataError
 from emorec.transforms import Preprocess
+
+if TYPE_CHECKING:
+    import torch
 
 COLUMNS = ["path", "label", "source", "origin", "sha256"]
 
@@ -46,11 +49,22 @@ def read_split(path: str | Path, classes: list[str]) -> pd.DataFrame:
     return read_labelled_csv(path, COLUMNS, classes)
 
 
-class FaceDataset(Dataset):
-    """Images of one split as ``(tensor [1, S, S], class index)``.
+def check_images_exist(paths: Sequence[Path], where: str | Path) -> None:
+    """Fail with one line naming the CSV when image files it lists are not on disk."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"{where}: {len(missing)} of {len(paths)} image files are missing, "
+                        f"e.g. {missing[0]}")
+
+
+class FaceDataset:
+    """Images of one split as ``(tensor [1, S, S], class index)``; a map-style torch dataset.
 
     ``augment`` adds a random horizontal flip: faces are left-right symmetric in expression, and
     a flip costs nothing, unlike the heavier offline augmentation of the balance stage.
+
+    torch is imported on first use only, so the data stages that merely read split CSVs through
+    this module (ingest, eda) do not pay for importing it.
     """
 
     def __init__(self, frame: pd.DataFrame, classes: list[str], preprocess: Preprocess,
@@ -66,6 +80,8 @@ class FaceDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        import torch
+
         with Image.open(self.paths[i]) as img:
             x = self.preprocess(img)
         if self.augment and self.rng.random() < 0.5:

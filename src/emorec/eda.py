@@ -14,18 +14,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from PIL import Image
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from emorec.config import Params
+from emorec.imageio import read_gray
 from emorec.ingest import read_manifest
+from emorec.plots import image_rows_png, save_figure
 from emorec.quality import laplacian_variance, perceptual_hash
-
-matplotlib.use("Agg")  # files only: no display on CI or in DVC runs
 
 _PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
 
@@ -71,8 +69,7 @@ def analyse(frame: pd.DataFrame, classes: list[str], near_distance: int, hash_si
     blur = np.empty(len(frame))
     hashes = []
     for k, path in enumerate(tqdm(frame["path"], desc="eda", unit="img", mininterval=2)):
-        with Image.open(path) as img:
-            gray = np.asarray(img.convert("L"))
+        gray = read_gray(path)
         blur[k] = laplacian_variance(gray)
         hashes.append(perceptual_hash(gray, hash_size))
 
@@ -111,50 +108,39 @@ def analyse(frame: pd.DataFrame, classes: list[str], near_distance: int, hash_si
     return report, blur
 
 
-# -- plots ------------------------------------------------------------------------------------
+# -- plots (matplotlib's object-oriented API via emorec.plots: no pyplot, no display) ---------
 def plot_class_counts(report: dict[str, Any], path: Path) -> None:
     names = list(report["per_class"])
     counts = [report["per_class"][c]["count"] for c in names]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4), layout="tight")
+    ax = fig.add_subplot()
     bars = ax.bar(names, counts, color="#4c72b0")
     ax.bar_label(bars, labels=[f"{report['per_class'][c]['percent']}%" for c in names])
     ax.set_ylabel("images")
     ax.set_title(f"Images per class (n={report['images']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_blur_histogram(blur: np.ndarray, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4), layout="tight")
+    ax = fig.add_subplot()
     ax.hist(blur, bins=50, color="#55a868")
     ax.set_xlabel("Laplacian variance (low = blurry)")
     ax.set_ylabel("images")
     ax.set_title("Sharpness distribution")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_sample_grid(frame: pd.DataFrame, classes: list[str], per_class: int, seed: int,
                      path: Path) -> None:
     """A row of randomly chosen (seeded) images for every class."""
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 1.1, len(classes) * 1.2),
-                             squeeze=False)
-    for r, name in enumerate(classes):
+    rows = []
+    for name in classes:
         paths = frame.loc[frame["label"] == name, "path"].to_numpy()
         chosen = rng.choice(paths, size=min(per_class, len(paths)), replace=False)
-        for c in range(per_class):
-            ax = axes[r, c]
-            ax.axis("off")
-            if c < len(chosen):
-                with Image.open(chosen[c]) as img:
-                    ax.imshow(np.asarray(img.convert("L")), cmap="gray", vmin=0, vmax=255)
-        axes[r, 0].set_title(name, loc="left", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        rows.append((name, [read_gray(p) for p in chosen]))
+    image_rows_png(rows, path, ncols=per_class, dpi=100)
 
 
 def run_eda(params: Params, manifest: Path, plots_dir: Path, report_path: Path) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from emorec.config import Params
-from emorec.data import FaceDataset, read_split
+from emorec.data import FaceDataset, check_images_exist, read_split
 from emorec.errors import DataError
 from emorec.metrics import classification_metrics, confusion
 from emorec.models import device as default_device
@@ -98,13 +98,10 @@ def evaluate_checkpoint(params: Params, model_path: str | Path, split_csv: str |
     model, meta = load_checkpoint(model_path, map_location=dev)
     model.to(dev)
     classes = _check_classes(meta["classes"], params, model_path)
-    image = meta["image"]
-    pre = Preprocess(size=int(image["size"]), mean=float(image["mean"]), std=float(image["std"]))
+    pre = Preprocess.from_meta(meta["image"])
     frame = read_split(split_csv, classes)
     dataset = FaceDataset(frame, classes, pre, root=root)
-    missing = [str(p) for p in dataset.paths if not p.is_file()]
-    if missing:
-        raise DataError(f"{split_csv}: {len(missing)} image files are missing, e.g. {missing[0]}")
+    check_images_exist(dataset.paths, split_csv)
     loader = DataLoader(dataset, batch_size=params.integer("evaluate.batch_size", low=1),
                         shuffle=False, num_workers=params.integer("train.num_workers", low=0))
     logits, y_true = predict_logits(model, loader, dev, progress=progress, desc="evaluate")

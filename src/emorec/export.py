@@ -34,7 +34,17 @@ from emorec import __version__
 from emorec.config import Params
 from emorec.data import read_split
 from emorec.errors import EmorecError, ParamsError
-from emorec.inference import INPUT_NAME, META_CLASSES, META_IMAGE, OUTPUT_NAME, OnnxClassifier
+from emorec.inference import (
+    INPUT_NAME,
+    META_CLASSES,
+    META_IMAGE,
+    OUTPUT_NAME,
+    OnnxClassifier,
+    add_metadata,
+    preprocess_files,
+    split_image_paths,
+)
+from emorec.labels import label_map
 from emorec.transforms import Preprocess
 
 log = logging.getLogger(__name__)
@@ -124,12 +134,6 @@ def export_with_fallback(model: nn.Module, example: torch.Tensor, path: Path, op
     raise ExportError(f"ONNX export failed for every opset in export.opsets ({tried})")
 
 
-def add_metadata(model_proto: onnx.ModelProto, meta: dict[str, str]) -> None:
-    """Replace the model's ``metadata_props`` with ``meta`` (keys sorted for stable files)."""
-    del model_proto.metadata_props[:]
-    onnx.helper.set_model_props(model_proto, dict(sorted(meta.items())))
-
-
 def model_metadata(ckpt_meta: dict[str, Any], opset: int, dynamo: bool) -> dict[str, str]:
     """What a consumer needs to use the model, as ONNX string metadata."""
     image = ckpt_meta["image"]
@@ -150,21 +154,12 @@ def model_metadata(ckpt_meta: dict[str, Any], opset: int, dynamo: bool) -> dict[
 def load_images(csv_path: Path, classes: list[str], pre: Preprocess, limit: int | None = None,
                 root: Path = Path(".")) -> tuple[np.ndarray, np.ndarray]:
     """The first ``limit`` images of a split CSV, preprocessed, with their class indices."""
-    from PIL import Image
-
     frame = read_split(csv_path, classes)
     if limit is not None:
         frame = frame.head(limit)
-    index = {c: i for i, c in enumerate(classes)}
-    batch = []
-    for rel in frame["path"]:
-        path = root / rel
-        if not path.is_file():
-            raise ExportError(f"{csv_path}: image not found: {path}")
-        with Image.open(path) as img:
-            batch.append(pre(img))
-    targets = np.array([index[c] for c in frame["label"]], dtype=np.int64)
-    return np.stack(batch).astype(np.float32), targets
+    batch = preprocess_files(split_image_paths(frame, root, csv_path), pre)
+    index = label_map(classes)
+    return batch, np.array([index[c] for c in frame["label"]], dtype=np.int64)
 
 
 def torch_probabilities(model: nn.Module, batch: np.ndarray) -> np.ndarray:
@@ -197,8 +192,7 @@ def export_model(checkpoint: Path, val_csv: Path, onnx_path: Path, settings: Exp
     if list(meta["classes"]) != list(classes):
         raise ExportError(f"{checkpoint} was trained for classes {meta['classes']}, "
                           f"params.yaml lists {classes}")
-    pre = Preprocess(size=int(meta["image"]["size"]), mean=float(meta["image"]["mean"]),
-                     std=float(meta["image"]["std"]))
+    pre = Preprocess.from_meta(meta["image"])
     batch, _ = load_images(val_csv, classes, pre, limit=settings.parity_batch, root=root)
     model = model.float().eval()
 

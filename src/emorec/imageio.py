@@ -2,6 +2,7 @@
 
 Used by ingest (files on disk) and by the service (request bodies), so both reject bad input
 for the same reasons: ``empty``, ``corrupt``, ``truncated``, ``too_small``, ``too_large``.
+Images that an earlier stage wrote are read back with :func:`read_gray`.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import io
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from emorec.errors import ImageError
+from emorec.errors import DataError, ImageError
 
 # Refuse half-written files instead of padding them with grey: a truncated face is not a face.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -50,3 +52,18 @@ def open_image(source: str | Path | bytes, min_side: int = 1, max_side: int = 40
     if min(width, height) < min_side:
         raise ImageError("too_small", f"{where} is {width}x{height}, minimum {min_side} px")
     return image
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    """uint8 ``[H, W]`` pixels (PIL ``convert("L")``) of an image file listed in a stage's CSV.
+
+    A missing or undecodable file is a :class:`DataError` naming it, not a traceback.
+    """
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L"))
+    except FileNotFoundError as err:
+        raise DataError(f"image listed in a CSV is missing: {path} (rerun the stage that "
+                        "wrote it)") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"image listed in a CSV cannot be decoded: {path} ({err})") from err

@@ -21,9 +21,10 @@ from PIL import Image
 from scipy.special import softmax
 
 from emorec.errors import EmorecError
+from emorec.imageio import open_image
 from emorec.transforms import Preprocess
 
-#: Keys of the ONNX ``metadata_props`` written by :func:`emorec.export.add_metadata`.
+#: Keys of the ONNX ``metadata_props`` written by :func:`add_metadata`.
 META_CLASSES = "emorec.classes"
 META_IMAGE = "emorec.image"
 INPUT_NAME = "input"
@@ -69,8 +70,15 @@ def read_metadata(session: ort.InferenceSession, path: Path) -> tuple[list[str],
         if not isinstance(shape[-1], int):
             raise ModelFileError(f"{path}: input size unknown without '{META_IMAGE}' metadata")
         image = {"size": shape[-1], "mean": 0.5, "std": 0.5}
-    pre = Preprocess(size=int(image["size"]), mean=float(image["mean"]), std=float(image["std"]))
-    return classes, pre
+    return classes, Preprocess.from_meta(image)
+
+
+def add_metadata(model_proto: Any, meta: dict[str, str]) -> None:
+    """Replace an ``onnx.ModelProto``'s ``metadata_props`` with ``meta`` (keys sorted)."""
+    import onnx
+
+    del model_proto.metadata_props[:]
+    onnx.helper.set_model_props(model_proto, dict(sorted(meta.items())))
 
 
 class OnnxClassifier:
@@ -141,10 +149,21 @@ def predict_in_batches(model: OnnxClassifier, paths: Sequence[str | Path], batch
     out = []
     starts = range(0, len(paths), batch_size)
     for start in tqdm(starts, desc=f"onnx {model.path.name}", disable=not progress):
-        images = []
-        for p in paths[start:start + batch_size]:
-            with Image.open(p) as img:
-                images.append(img.convert("L"))
-        out.append(model.predict_images(images))
+        out.append(model.probabilities(
+            preprocess_files(paths[start:start + batch_size], model.preprocess)))
     n_classes = len(model.classes)
     return np.concatenate(out) if out else np.zeros((0, n_classes), dtype=np.float32)
+
+
+def split_image_paths(frame: Any, root: str | Path, source: str | Path) -> list[Path]:
+    """``root / path`` of every row of a split frame; missing files raise one clear error."""
+    from emorec.data import check_images_exist
+
+    paths = [Path(root) / rel for rel in frame["path"]]
+    check_images_exist(paths, source)
+    return paths
+
+
+def preprocess_files(paths: Sequence[str | Path], preprocess: Preprocess) -> np.ndarray:
+    """float32 ``[N, 1, S, S]`` from image files (unreadable files raise :class:`ImageError`)."""
+    return preprocess.batch([open_image(p) for p in paths])

@@ -241,6 +241,11 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
+def sha256_hex(data: bytes) -> str:
+    """The ``sha256`` column of manifest and split CSVs: the digest of the PNG bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
 # -- the stage ------------------------------------------------------------------------------------
 def _decode(cand: Candidate, min_side: int, max_side: int) -> Image.Image:
     try:
@@ -321,7 +326,7 @@ def _accept(cand: Candidate, min_side: int, max_side: int, output_max_side: int,
     except Exception as err:  # noqa: BLE001 - e.g. malformed EXIF; one bad file must not stop ingest
         return Rejection(cand.where, cand.raw_label, "corrupt",
                          f"cannot be normalised ({type(err).__name__}: {err})")
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256_hex(data)
     if digest in seen:
         return Rejection(cand.where, cand.raw_label, "duplicate",
                          f"same pixels as already accepted {seen[digest]}")

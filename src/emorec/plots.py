@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay
 
 
-def _save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Render ``fig`` with the Agg canvas to a PNG, creating the folder; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
@@ -26,6 +26,8 @@ def _save(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
 def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], path: str | Path,
                          title: str = "Confusion matrix", normalize: bool = False) -> Path:
     """Counts (or row-normalised rates, i.e. recall per true class) as an annotated heat map."""
+    from sklearn.metrics import ConfusionMatrixDisplay  # only this plot needs sklearn
+
     matrix = np.asarray(cm, dtype=float)
     if normalize:
         matrix = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
@@ -35,7 +37,7 @@ def confusion_matrix_png(cm: np.ndarray, classes: Sequence[str], path: str | Pat
                            ).plot(ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45,
                                   values_format=".2f" if normalize else "d")
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def image_grid_png(images: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
@@ -54,10 +56,28 @@ def image_grid_png(images: Sequence[np.ndarray], titles: Sequence[str], path: st
         ax = fig.add_subplot()
         ax.text(0.5, 0.5, "nothing to show", ha="center", va="center")
         ax.axis("off")
-        return _save(fig, path)
+        return save_figure(fig, path)
     for i, (img, caption) in enumerate(zip(images, titles, strict=True)):
         ax = fig.add_subplot(nrows, ncols, i + 1)
         ax.imshow(img, cmap=cmap if np.ndim(img) == 2 else None, vmin=0, vmax=255)
         ax.set_title(caption, fontsize=7)
         ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def image_rows_png(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path: str | Path,
+                   ncols: int, empty_text: str = "nothing to show", dpi: int = 110) -> Path:
+    """One row per ``(caption, images)``: up to ``ncols`` uint8 grayscale images each, the
+    caption above the first. Short rows leave blank cells; no rows still writes a figure."""
+    ncols, nrows = max(1, ncols), max(1, len(rows))
+    fig = Figure(figsize=(1.2 * ncols + 0.4, 1.3 * nrows), layout="tight")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (caption, images) in enumerate(rows):
+        axes[r, 0].set_title(caption, fontsize=8, loc="left")
+        for c, img in enumerate(images[:ncols]):
+            axes[r, c].imshow(img, cmap="gray", vmin=0, vmax=255)
+    if not rows:
+        axes[0, 0].text(0.5, 0.5, empty_text, ha="center", va="center")
+    return save_figure(fig, path, dpi)

@@ -35,7 +35,15 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from emorec.config import Params
 from emorec.data import read_split
 from emorec.errors import EmorecError, ParamsError
-from emorec.inference import INPUT_NAME, OnnxClassifier, predict_in_batches
+from emorec.inference import (
+    INPUT_NAME,
+    OnnxClassifier,
+    add_metadata,
+    predict_in_batches,
+    preprocess_files,
+    split_image_paths,
+)
+from emorec.labels import label_map
 from emorec.latency import measure_interleaved
 from emorec.metrics import classification_metrics
 
@@ -75,7 +83,8 @@ class QuantizeSettings:
     def from_params(cls, params: Params) -> QuantizeSettings:
         q = params.section("quantize")
         sizes = q.sequence("latency_batch_sizes")
-        if not sizes or not all(isinstance(s, int) and s >= 1 for s in sizes):
+        if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                                for s in sizes):
             raise ParamsError("quantize.latency_batch_sizes",
                               f"must be positive integers, got {sizes}")
         return cls(
@@ -118,19 +127,10 @@ class ImageCalibrationReader(CalibrationDataReader):
 def calibration_images(val_csv: Path, classes: list[str], model: OnnxClassifier, count: int,
                        seed: int, root: Path = Path(".")) -> np.ndarray:
     """A seeded random sample of up to ``count`` validation images, preprocessed."""
-    from PIL import Image
-
     frame = read_split(val_csv, classes)
-    n = min(count, len(frame))
-    frame = frame.sample(n=n, random_state=seed) if n < len(frame) else frame
-    out = []
-    for rel in frame["path"]:
-        path = root / rel
-        if not path.is_file():
-            raise QuantizeError(f"{val_csv}: calibration image not found: {path}")
-        with Image.open(path) as img:
-            out.append(model.preprocess(img))
-    return np.stack(out).astype(np.float32)
+    if count < len(frame):
+        frame = frame.sample(n=count, random_state=seed)
+    return preprocess_files(split_image_paths(frame, root, val_csv), model.preprocess)
 
 
 def copy_metadata(source: Path, target: Path, extra: dict[str, str]) -> None:
@@ -139,8 +139,7 @@ def copy_metadata(source: Path, target: Path, extra: dict[str, str]) -> None:
             .metadata_props}
     meta.update(extra)
     proto = onnx.load(str(target))
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, dict(sorted(meta.items())))
+    add_metadata(proto, meta)
     onnx.save(proto, str(target))
 
 
@@ -205,11 +204,8 @@ def evaluate(model: OnnxClassifier, test_csv: Path, classes: list[str], batch: i
              root: Path = Path(".")) -> tuple[dict[str, Any], np.ndarray]:
     """Test-split metrics of an ONNX model and its probabilities."""
     frame = read_split(test_csv, classes)
-    paths = [root / p for p in frame["path"]]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise QuantizeError(f"{test_csv}: {len(missing)} images not found, e.g. {missing[0]}")
-    index = {c: i for i, c in enumerate(classes)}
+    paths = split_image_paths(frame, root, test_csv)
+    index = label_map(classes)
     y_true = np.array([index[c] for c in frame["label"]])
     probs = predict_in_batches(model, paths, batch_size=batch, progress=True)
     return classification_metrics(y_true, probs.argmax(1), classes), probs

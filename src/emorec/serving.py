@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 from emorec.errors import EmorecError
 
@@ -48,6 +49,7 @@ class BentoServer:
         self.log_path = log_path or Path(os.devnull)
         self.env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", **(env or {})}
         self.proc: subprocess.Popen | None = None
+        self._log: IO[bytes] | None = None
 
     def start(self, timeout_s: float = 120.0) -> BentoServer:
         """Launch and wait until ``/readyz`` answers 200 (or fail with the log tail)."""
@@ -90,7 +92,7 @@ class BentoServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             if self.proc.poll() is None:
                 self.proc.wait(timeout=5)
-        if getattr(self, "_log", None) is not None:
+        if self._log is not None:
             self._log.close()
             self._log = None
 

@@ -19,7 +19,6 @@ original image), so "no augmented copy crosses splits" is a checkable property
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections import Counter
@@ -37,7 +36,8 @@ from emorec.augment import augment, build_pipeline
 from emorec.config import Params
 from emorec.data import COLUMNS
 from emorec.errors import DataError, ParamsError
-from emorec.ingest import png_bytes, read_manifest
+from emorec.imageio import read_gray
+from emorec.ingest import png_bytes, read_manifest, sha256_hex
 from emorec.labels import write_label_map
 
 SPLITS = ("train", "val", "test")
@@ -110,31 +110,26 @@ def oversample_augment(train: pd.DataFrame, pipeline: Any, limit: int, out_dir: 
                     if k)
     rows = []
     for parent, n in tqdm(plan, desc="augment", unit="img", mininterval=2):
-        with Image.open(root / parent["path"]) as img:
-            gray = np.asarray(img.convert("L"))
+        gray = read_gray(root / parent["path"])
         folder = out_dir / parent["label"]
         folder.mkdir(parents=True, exist_ok=True)
         for k in range(n):
-            data = _distinct_copy(pipeline, gray, parent["sha256"])
+            data, digest = _distinct_copy(pipeline, gray, parent["sha256"])
             path = folder / f"{parent['origin']}-aug{k}.png"
             path.write_bytes(data)
             rows.append({"path": path.as_posix(), "label": parent["label"],
-                         "source": "augmented", "origin": parent["origin"],
-                         "sha256": _sha256(data)})
+                         "source": "augmented", "origin": parent["origin"], "sha256": digest})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _distinct_copy(pipeline: Any, gray: np.ndarray, parent_sha: str) -> bytes:
-    """PNG bytes of an augmented copy; redrawn when every transform happened to be skipped."""
+def _distinct_copy(pipeline: Any, gray: np.ndarray, parent_sha: str) -> tuple[bytes, str]:
+    """PNG bytes and sha256 of an augmented copy; redrawn when every transform was skipped."""
     for _ in range(_RETRIES):
         data = png_bytes(Image.fromarray(augment(pipeline, gray)))
-        if _sha256(data) != parent_sha:
+        digest = sha256_hex(data)
+        if digest != parent_sha:
             break
-    return data
+    return data, digest
 
 
 def class_weights(train: pd.DataFrame, classes: list[str], strategy: str) -> dict[str, float]:

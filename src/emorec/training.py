@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from emorec.callbacks import EarlyStopping
 from emorec.config import Params
-from emorec.data import FaceDataset, read_split
+from emorec.data import FaceDataset, check_images_exist, read_split
 from emorec.errors import DataError, EmorecError, ParamsError
 from emorec.evaluation import autocast, predict_logits
 from emorec.labels import read_label_map
@@ -245,13 +245,6 @@ def check_label_map(path: str | Path, classes: list[str]) -> None:
     found = read_label_map(path)
     if found != classes:
         raise DataError(f"{path} orders classes as {found} but params 'classes' is {classes}")
-
-
-def check_images_exist(paths: Sequence[Path], where: str | Path) -> None:
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise DataError(f"{where}: {len(missing)} of {len(paths)} image files are missing, "
-                        f"e.g. {missing[0]}")
 
 
 # -- loss ----------------------------------------------------------------------------------------

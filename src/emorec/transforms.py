@@ -7,7 +7,9 @@ The contract is deliberately tiny so it can be re-implemented exactly in JavaScr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -28,6 +30,11 @@ class Preprocess:
             mean=params.number("image.mean", low=0, high=1),
             std=params.number("image.std", low=1e-6),
         )
+
+    @classmethod
+    def from_meta(cls, image: Mapping[str, Any]) -> Preprocess:
+        """From the ``image`` dict stored with a model (checkpoint meta, ONNX metadata)."""
+        return cls(size=int(image["size"]), mean=float(image["mean"]), std=float(image["std"]))
 
     def to_gray(self, image: Image.Image) -> np.ndarray:
         """uint8 ``[size, size]`` array: grayscale, resized."""

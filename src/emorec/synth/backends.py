@@ -18,7 +18,6 @@ from PIL import Image
 from emorec.config import Params
 from emorec.demo_faces import render_face
 from emorec.errors import EmorecError, ParamsError
-from emorec.models import device as default_device
 from emorec.synth.prompts import PromptTemplate
 from emorec.transforms import Preprocess
 
@@ -78,6 +77,8 @@ def load_pipeline(model: str, dev: Any = None) -> Any:
     """
     import torch  # heavy imports only on this path
     from diffusers import StableDiffusionPipeline
+
+    from emorec.models import device as default_device
 
     dev = dev or default_device()
     hint = ("download it on a machine with network access (e.g. `hf download "

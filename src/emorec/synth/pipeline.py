@@ -7,7 +7,6 @@ generated image's fate in ``reports/synth/status.json``: nothing is dropped with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -23,6 +22,9 @@ from tqdm import tqdm
 from emorec.config import Params
 from emorec.data import read_split
 from emorec.errors import DataError, ParamsError
+from emorec.imageio import read_gray
+from emorec.ingest import png_bytes, sha256_hex
+from emorec.plots import image_rows_png
 from emorec.synth.backends import Backend, make_backend
 from emorec.synth.filters import REASONS, FilterConfig, QualityFilter, SyntheticCap
 from emorec.synth.merge import SYNTHETIC, merge_train, synthetic_fraction
@@ -76,10 +78,8 @@ def _selected_classes(params: Params, classes: list[str]) -> list[str]:
 
 
 def _load_gray(path: Path, preprocess: Preprocess) -> np.ndarray:
-    if not path.is_file():
-        raise DataError(f"image listed in a split CSV is missing: {path}")
-    with Image.open(path) as img:
-        return preprocess.to_gray(img)
+    """A real image as training sees it (grayscale, resized), for the near-duplicate index."""
+    return preprocess.to_gray(Image.fromarray(read_gray(path)))
 
 
 def _reference_paths(processed_dir: Path, train: pd.DataFrame, classes: list[str]) -> list[str]:
@@ -95,8 +95,9 @@ def _reference_paths(processed_dir: Path, train: pd.DataFrame, classes: list[str
 def _save_png(gray: np.ndarray, path: Path) -> str:
     """Write the image; returns the sha256 of the file, as ingest records for real images."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(gray, mode="L").save(path, format="PNG")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    data = png_bytes(Image.fromarray(np.asarray(gray, dtype=np.uint8)))
+    path.write_bytes(data)
+    return sha256_hex(data)
 
 
 def generate_and_filter(params: Params, backend: Backend, qfilter: QualityFilter,
@@ -175,26 +176,9 @@ def write_reports(status: dict[str, Any], outcome: Outcome, report_dir: Path) ->
 
 def _sample_grid(outcome: Outcome, path: Path) -> None:
     """One row per group (accepted per class, rejected per reason) of example images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = [(g, imgs) for g, imgs in sorted(outcome.examples.items()) if imgs]
-    cols = max([outcome.samples_per_group, 1])
-    rows = max(len(groups), 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols + 1.6, 1.4 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for r, (group, imgs) in enumerate(groups):
-        axes[r][0].set_title(group, fontsize=7, loc="left")
-        for c, img in enumerate(imgs[:cols]):
-            axes[r][c].imshow(img, cmap="gray", vmin=0, vmax=255)
-    if not groups:
-        axes[0][0].text(0.5, 0.5, "no synthetic images generated", ha="center", va="center")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    image_rows_png(groups, path, ncols=outcome.samples_per_group,
+                   empty_text="no synthetic images generated")
 
 
 def run_synth(params: Params, processed_dir: Path, out_dir: Path, report_dir: Path

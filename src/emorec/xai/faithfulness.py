@@ -22,7 +22,7 @@ import torch
 from scipy import ndimage, stats
 from torch import nn
 
-from emorec.xai.methods import batched_probabilities
+from emorec.xai.methods import batched_probabilities, model_device
 
 BASELINES = ("blur", "mean")
 
@@ -111,7 +111,7 @@ def randomized_copy(model: nn.Module, seed: int) -> nn.Module:
     parameters of modules without one get a small normal init, so no trained weight survives.
     Initialisation runs on the CPU generator, so the copy is the same on CPU and CUDA runs.
     """
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     clone = copy.deepcopy(model).cpu()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

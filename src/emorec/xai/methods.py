@@ -84,13 +84,14 @@ def check_spatial_layer(model: nn.Module, name: str, x: torch.Tensor,
                                      f"output, {name!r} gives {got}")
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters."""
     return next(model.parameters()).device
 
 
 def batched_probabilities(model: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Softmax probabilities ``[N, C]`` for float32 ``[N, 1, H, W]`` inputs, in batches."""
-    dev = _model_device(model)
+    dev = model_device(model)
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
@@ -116,7 +117,7 @@ class GradCam:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
         model.eval()
-        x = x.to(_model_device(model))
+        x = x.to(model_device(model))
         layer = resolve_layer(model, self.target_layer)
         cam = LayerGradCam(model, layer).attribute(x, target=int(target), relu_attributions=True)
         cam = LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear")
@@ -136,7 +137,7 @@ class GradCamPlusPlus:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, target: int) -> np.ndarray:
         model.eval()
-        x = x.to(_model_device(model))
+        x = x.to(model_device(model))
         layer = resolve_layer(model, self.target_layer)
         with GradCAMPlusPlus(model=model, target_layers=[layer]) as cam:
             maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(target))])

@@ -31,6 +31,7 @@ from emorec.xai.methods import (
     MethodSettings,
     build_methods,
     check_spatial_layer,
+    model_device,
 )
 from emorec.xai.sampling import LoadedSplit, Sample, load_split_images, predict_and_sample
 
@@ -113,7 +114,7 @@ def attribute_sample(model: nn.Module, randomized: nn.Module, method: Attributio
                      images: np.ndarray, targets: np.ndarray, baselines: np.ndarray,
                      cfg: ExplainConfig, method_key: int) -> MethodResult:
     """Maps, timing, deletion/insertion curves and randomization correlation for one method."""
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     result = MethodResult()
     for i in tqdm(range(len(images)), desc=method.name, unit="img"):
         x = torch.from_numpy(images[i][None]).to(dev)
@@ -231,7 +232,7 @@ def run_explain(model: nn.Module, classes: list[str], preprocess: Preprocess,
     targets = sample.pred
     baselines = np.stack([fx.baseline_image(img, cfg.curve_baseline, cfg.curve_blur_sigma)
                           for img in images])
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     if any(m in cfg.enabled for m in CAM_METHODS):
         check_spatial_layer(model, cfg.methods.target_layer, torch.from_numpy(images[:1]).to(dev))
     methods = build_methods(cfg.methods, cfg.enabled)
