@@ -23,6 +23,7 @@ lint: setup
 test: setup
 	bash scripts/setup_browser.sh
 	$(BIN)/ruff check .
+	$(BIN)/python scripts/readme_metrics.py --check
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
 
 bench: setup
