@@ -162,13 +162,6 @@ def load_images(csv_path: Path, classes: list[str], pre: Preprocess, limit: int 
     return batch, np.array([index[c] for c in frame["label"]], dtype=np.int64)
 
 
-def torch_probabilities(model: nn.Module, batch: np.ndarray) -> np.ndarray:
-    """Reference probabilities from the PyTorch model on CPU (the export runs on CPU too)."""
-    with torch.inference_mode():
-        logits = model(torch.from_numpy(batch))
-    return torch.softmax(logits.float(), dim=1).numpy()
-
-
 def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     """Max absolute probability difference and top-1 agreement of two ``[N, C]`` arrays."""
     return {
@@ -186,7 +179,7 @@ def export_model(checkpoint: Path, val_csv: Path, onnx_path: Path, settings: Exp
     The ONNX file is written even when parity fails, so it can be inspected; DVC does not
     commit outputs of a failed stage.
     """
-    from emorec.models import load_checkpoint
+    from emorec.models import batched_probabilities, load_checkpoint
 
     model, meta = load_checkpoint(checkpoint, map_location="cpu")
     if list(meta["classes"]) != list(classes):
@@ -211,7 +204,7 @@ def export_model(checkpoint: Path, val_csv: Path, onnx_path: Path, settings: Exp
         raise ExportError(f"onnx.checker rejected {onnx_path}: {err}") from err
 
     session = OnnxClassifier(onnx_path, execution_providers=["CPUExecutionProvider"])
-    reference = torch_probabilities(model, batch)
+    reference = batched_probabilities(model, batch, batch_size=len(batch))
     stats = parity(reference, session.probabilities(batch))
     # The dynamic axis must really be dynamic: a single image gives the same answer.
     single = parity(reference[:1], session.probabilities(batch[:1]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 from torch import nn
@@ -80,3 +81,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     model.eval()
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
     return model, meta
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters."""
+    return next(model.parameters()).device
+
+
+def batched_probabilities(model: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Softmax probabilities ``[N, C]`` for float32 ``[N, 1, H, W]`` inputs, in batches."""
+    dev = model_device(model)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size],
+                                                          dtype=np.float32)).to(dev)
+            out.append(torch.softmax(model(chunk).float(), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)

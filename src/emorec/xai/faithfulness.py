@@ -22,7 +22,7 @@ import torch
 from scipy import ndimage, stats
 from torch import nn
 
-from emorec.xai.methods import batched_probabilities, model_device
+from emorec.models import batched_probabilities, model_device
 
 BASELINES = ("blur", "mean")
 

@@ -38,6 +38,7 @@ from skimage.segmentation import slic
 from torch import nn
 
 from emorec.errors import ParamsError
+from emorec.models import batched_probabilities, model_device
 
 log = logging.getLogger("emorec.xai")
 
@@ -82,23 +83,6 @@ def check_spatial_layer(model: nn.Module, name: str, x: torch.Tensor,
         got = shapes[0] if shapes else "no output (layer not used in forward)"
         raise ParamsError(param_key, f"must name a convolutional layer with a [N, C, h, w] "
                                      f"output, {name!r} gives {got}")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's parameters."""
-    return next(model.parameters()).device
-
-
-def batched_probabilities(model: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Softmax probabilities ``[N, C]`` for float32 ``[N, 1, H, W]`` inputs, in batches."""
-    dev = model_device(model)
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size],
-                                                          dtype=np.float32)).to(dev)
-            out.append(torch.softmax(model(chunk).float(), dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def _finish(attribution: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

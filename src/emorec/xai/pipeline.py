@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from emorec.config import Params
 from emorec.errors import ParamsError
+from emorec.models import model_device
 from emorec.transforms import Preprocess
 from emorec.xai import faithfulness as fx
 from emorec.xai import figures
@@ -31,7 +32,6 @@ from emorec.xai.methods import (
     MethodSettings,
     build_methods,
     check_spatial_layer,
-    model_device,
 )
 from emorec.xai.sampling import LoadedSplit, Sample, load_split_images, predict_and_sample
 

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from emorec.errors import DataError, ImageError
 from emorec.imageio import open_image
+from emorec.models import batched_probabilities
 from emorec.transforms import Preprocess
-from emorec.xai.methods import batched_probabilities
 
 
 @dataclass(frozen=True)
