@@ -53,6 +53,8 @@ from emorec.inference import OnnxClassifier, describe_row  # noqa: E402
 
 log = logging.getLogger("emorec.service")
 MODEL_FILES = {"int8": "models/model.int8.onnx", "fp32": "models/model.onnx"}
+# RuntimeError texts of aiohttp when BentoML recycles the inter-service session mid-call.
+DROPPED_CONNECTION_MESSAGES = ("Session is closed", "Connection closed")
 
 
 @dataclass(frozen=True)
@@ -274,15 +276,16 @@ class EmotionClassifier:
 
         BentoML >= 1.4.31 recycles its inter-service HTTP session every 100 requests by closing
         it under requests still in flight (bentoml/BentoML#5540), which surfaces as
-        ``ServerDisconnectedError`` or "Session is closed". Inference is idempotent, so such a
-        call is simply sent again on the fresh session; other errors are not retried.
+        ``ServerDisconnectedError``, "Session is closed" or, when the body was cut mid-read,
+        "Connection closed". Inference is idempotent, so such a call is simply sent again on the
+        fresh session; other errors are not retried.
         """
         for attempt in range(1, SETTINGS.backend_attempts + 1):
             try:
                 return await self.backend.to_async.predict(chunk)
             except (aiohttp.ClientConnectionError, RuntimeError) as err:
                 transient = (isinstance(err, aiohttp.ClientConnectionError)
-                             or "Session is closed" in str(err))
+                             or any(m in str(err) for m in DROPPED_CONNECTION_MESSAGES))
                 if not transient or attempt == SETTINGS.backend_attempts:
                     raise
                 log.info("model service call dropped (%s), retry %d", type(err).__name__,
