@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from stagerun import REPO, run_python
 from torch import nn
 
 from emorec.config import Params
@@ -32,7 +30,6 @@ from emorec.xai.methods import METHOD_NAMES, MethodSettings, build_methods, chec
 from emorec.xai.pipeline import ExplainConfig, run_explain
 from emorec.xai.sampling import choose_sample
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 REGION = (slice(4, 12), slice(18, 26))  # the only pixels the oracle model looks at
 
@@ -234,12 +231,11 @@ def test_stage_writes_declared_outputs(tmp_path, tiny_checkpoint, params_raw, re
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(tiny_explain_params(params_raw)))
     out_dir, metrics = tmp_path / "reports" / "xai", tmp_path / "reports" / "xai.json"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "stages/explain.py", "--params", str(params_file), "--model",
+    proc = run_python(
+        ["stages/explain.py", "--params", str(params_file), "--model",
          str(tiny_checkpoint), "--test-csv", str(csv), "--root", str(tmp_path), "--out-dir",
          str(out_dir), "--metrics", str(metrics)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        cwd=REPO, timeout=300, PYTHONWARNINGS="ignore")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     report = json.loads(metrics.read_text())

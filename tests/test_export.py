@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +11,11 @@ import pytest
 import torch
 import yaml
 from imagesplits import make_split
+from stagerun import STAGES, run_python
 
 from emorec.export import ExportError, ExportSettings, check_parity, export_model
 from emorec.inference import META_CLASSES, META_IMAGE, OnnxClassifier
 from emorec.models import load_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +99,10 @@ def _stage_repo(tmp_path: Path, params_raw: dict) -> Path:
 def test_stage_script_writes_report_and_fails_clearly_on_parity(tiny_checkpoint, params_raw,
                                                                 tmp_path):
     repo = _stage_repo(tmp_path, params_raw)
-    cmd = [sys.executable, str(REPO / "stages" / "export.py"), "--checkpoint",
-           str(tiny_checkpoint), "--val", "val.csv", "--out", "m/model.onnx",
-           "--report", "r/export.json"]
-    ok = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    args = [str(STAGES / "export.py"), "--checkpoint",
+            str(tiny_checkpoint), "--val", "val.csv", "--out", "m/model.onnx",
+            "--report", "r/export.json"]
+    ok = run_python(args, cwd=repo)
     assert ok.returncode == 0, ok.stderr
     assert json.loads((repo / "r" / "export.json").read_text())["parity"]["passed"]
 
@@ -115,7 +112,7 @@ def test_stage_script_writes_report_and_fails_clearly_on_parity(tiny_checkpoint,
     # Random model + random inputs: probability differences of exactly zero everywhere would
     # be a coincidence; if it happens the export is bit-exact and the gate rightly passes.
     (repo / "params.yaml").write_text(yaml.safe_dump(params_raw))
-    bad = subprocess.run(cmd, cwd=repo, capture_output=True, text=True)
+    bad = run_python(args, cwd=repo)
     diff = json.loads((repo / "r" / "export.json").read_text())["parity"]["max_abs_diff"]
     if diff > 0:
         assert bad.returncode == 2

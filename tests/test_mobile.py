@@ -14,7 +14,6 @@ import copy
 import functools
 import json
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +25,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from stagerun import REPO, STAGES, run_python
 
 from emorec.config import Params
 from emorec.inference import OnnxClassifier
@@ -33,7 +33,6 @@ from emorec.labels import write_label_map
 from emorec.mobile import MobileAssetsError, MobileSettings, write_mobile_assets
 from emorec.transforms import Preprocess
 
-REPO = Path(__file__).resolve().parents[1]
 MOBILE = REPO / "mobile"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -96,10 +95,10 @@ def assets_dir(model_files, small_params, tmp_path_factory) -> Path:
     int8, label_map = model_files
     _, params_path = small_params
     work = tmp_path_factory.mktemp("assets")
-    cmd = [sys.executable, str(REPO / "stages" / "mobile_assets.py"), "--params", str(params_path),
+    args = [str(STAGES / "mobile_assets.py"), "--params", str(params_path),
            "--model", str(int8), "--label-map", str(label_map), "--out", str(work / "model"),
            "--report", str(work / "report.json")]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    run = run_python(args, timeout=120)
     assert run.returncode == 0, run.stderr
     report = json.loads((work / "report.json").read_text())
     assert sorted(report["files"]) == ["config.json", "label_map.json", "model.int8.onnx"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +10,11 @@ import onnx
 import pytest
 import yaml
 from imagesplits import make_split
+from stagerun import STAGES, run_python
 
 from emorec.config import Params
 from emorec.inference import META_CLASSES, META_IMAGE, OnnxClassifier
 from emorec.quantize import QuantizeSettings, run_quantize
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def small_params(raw: dict) -> dict:
@@ -109,12 +106,12 @@ def test_stage_does_not_fail_on_missed_targets(quantized, tiny_checkpoint, tmp_p
                            latency_batch_sizes=[1], latency_repeats=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     make_split(tmp_path, raw["classes"], {"val": 8, "test": 8}, seed=3)
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "stages" / "quantize.py"), "--checkpoint",
+    proc = run_python(
+        [str(STAGES / "quantize.py"), "--checkpoint",
          str(tiny_checkpoint), "--fp32", str(quantized["fp32"]), "--val", "val.csv",
          "--test", "test.csv", "--out", "m/model.int8.onnx", "--ort", "m/model.int8.ort",
          "--report", "r/quantize.json"],
-        cwd=tmp_path, capture_output=True, text=True)
+        cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "r" / "quantize.json").read_text())
     assert report["targets"]["latency_target_met"] is False and not report["targets"]["all_met"]
