@@ -32,6 +32,7 @@ import aiohttp
 import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException
+from PIL import ImageOps
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, UploadFile
@@ -131,6 +132,8 @@ def load_upload(path: Path, what: str, face_crop: bool) -> tuple[np.ndarray, lis
         if err.reason == "too_large":
             raise PayloadTooLarge(message) from err
         raise BadInput(message) from err
+    # Phone photos carry their rotation in EXIF; turn them upright as ingest and browsers do.
+    image = ImageOps.exif_transpose(image)
     box = None
     if face_crop:
         image, found = crop_largest_face(image, margin=SETTINGS.face_margin)

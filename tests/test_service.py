@@ -107,6 +107,19 @@ def test_classify_agrees_with_onnxruntime(server, reference):
         assert body["face_box"] is None
 
 
+def test_exif_rotated_photo_is_classified_upright(server, reference):
+    """A phone photo stored sideways with EXIF orientation 6 scores like the upright face."""
+    upright = face_like(np.random.default_rng(11), 64)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(buf, format="PNG", exif=exif)
+    resp = post(server, "classify", files={"image": ("phone.png", buf.getvalue(), "image/png")})
+    assert resp.status_code == 200, resp.text
+    got = np.array([resp.json()["probabilities"][c] for c in reference.classes])
+    np.testing.assert_allclose(got, expected(reference, png(upright)), atol=1e-5)
+
+
 def test_classify_batch_keeps_order(server, reference):
     images = sample_images()
     files = [("images", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
