@@ -1,8 +1,8 @@
 """DVC behaviour of the real dvc.yaml on a temporary copy of the repository.
 
-Runs the data stages with a tiny demo dataset, then checks the everyday promises: a second
-``dvc repro`` has nothing to do, and changing only ``split.seed`` makes split stale but nothing
-upstream of it.
+Runs the stages with a tiny demo dataset and model, then checks the everyday promises: a second
+``dvc repro`` has nothing to do, changing only ``split.seed`` makes split stale but nothing
+upstream of it, and a new model rebuilds export and quantize but no data stage.
 """
 
 from __future__ import annotations
@@ -48,6 +48,11 @@ def repo_copy(tmp_path_factory) -> Path:
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["data"]["demo"]["n_images"] = 60
     params["image"]["size"] = 32
+    params["synth"]["target_total"] = 6
+    params["train"].update(epochs=1, batch_size=16)
+    params["export"]["parity_batch"] = 8
+    params["quantize"].update(calibration_images=8, latency_batch_sizes=[1], latency_repeats=2,
+                              latency_warmup=1)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], dest)
     (dest / "dvc.lock").unlink(missing_ok=True)
@@ -55,8 +60,8 @@ def repo_copy(tmp_path_factory) -> Path:
     return dest
 
 
-def _stale_stages(repo: Path) -> set[str]:
-    out = _run(["dvc", "status", "split", "--json"], repo).stdout
+def _stale_stages(repo: Path, target: str = "split") -> set[str]:
+    out = _run(["dvc", "status", target, "--with-deps", "--json"], repo).stdout
     return set(yaml.safe_load(out) or {})
 
 
@@ -76,3 +81,20 @@ def test_split_seed_change_reruns_only_split(repo_copy: Path) -> None:
     out = _run(["dvc", "repro", "split"], repo_copy).stdout
     assert "Running stage 'split'" in out
     assert "Running stage 'ingest'" not in out and "Running stage 'eda'" not in out
+
+
+def test_new_model_rebuilds_export_and_quantize_only(repo_copy: Path) -> None:
+    _run(["dvc", "repro", "quantize"], repo_copy)
+    assert _stale_stages(repo_copy, "quantize") == set()
+
+    params_path = repo_copy / "params.yaml"
+    params = yaml.safe_load(params_path.read_text())
+    params["train"]["lr_head"] *= 0.5
+    params_path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+    assert _stale_stages(repo_copy, "quantize") == {"train"}  # the rest follows from its outs
+    out = _run(["dvc", "repro", "quantize"], repo_copy).stdout
+    for stage in ("train", "export", "quantize"):
+        assert f"Running stage '{stage}'" in out
+    for stage in ("ingest", "split", "synth"):
+        assert f"Running stage '{stage}'" not in out
