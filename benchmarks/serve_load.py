@@ -29,9 +29,9 @@ import requests
 
 from emorec.cli import run_stage, stage_parser
 from emorec.config import Params
-from emorec.data import read_split
 from emorec.errors import DataError
 from emorec.serving import BentoServer
+from emorec.splits import read_split
 
 
 @dataclass

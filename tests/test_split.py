@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from emorec.config import Params
-from emorec.data import COLUMNS
 from emorec.errors import DataError, ParamsError
 from emorec.ingest import run_ingest
 from emorec.labels import read_label_map
@@ -21,6 +20,7 @@ from emorec.split import (
     run_split,
     split_ratios,
 )
+from emorec.splits import COLUMNS
 
 N_IMAGES = 120
 

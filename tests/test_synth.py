@@ -21,10 +21,10 @@ from PIL import Image
 from skimage import data as skdata
 
 from emorec.config import Params
-from emorec.data import COLUMNS
 from emorec.demo_faces import render_face
 from emorec.faces import detect_faces
 from emorec.quality import laplacian_variance, perceptual_hash
+from emorec.splits import COLUMNS
 from emorec.synth.backends import ModelUnavailableError, make_backend
 from emorec.synth.filters import (
     REASONS,

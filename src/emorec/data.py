@@ -1,72 +1,24 @@
-"""The split CSVs and a torch ``Dataset`` over them.
-
-Every split CSV has the columns in :data:`COLUMNS`: ``path`` (relative to the repository root),
-``label`` (class name), ``source`` (where the image came from: ``demo``, ``folder``, ``fer2013``,
-``augmented`` or ``synthetic``), ``origin`` (the id of the original image an augmented copy was
-made from; equal to its own id for originals, so leakage checks can group by it) and ``sha256``.
-Synthetic rows also carry ``prompt``, ``seed`` and ``prompt_hash``.
-"""
+"""A torch ``Dataset`` over the split CSVs (schema and readers: :mod:`emorec.splits`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
+from torch.utils.data import Dataset
 
-from emorec.errors import DataError
 from emorec.transforms import Preprocess
 
-if TYPE_CHECKING:
-    import torch
 
-COLUMNS = ["path", "label", "source", "origin", "sha256"]
-
-
-def read_labelled_csv(path: str | Path, columns: list[str], classes: list[str],
-                      what: str = "split file", hint: str = "") -> pd.DataFrame:
-    """Load a CSV of labelled images, checking the columns and labels later code relies on."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} not found: {path}{hint}")
-    frame = pd.read_csv(path)
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path} lacks columns {missing}")
-    unknown = sorted(set(frame["label"]) - set(classes))
-    if unknown:
-        raise DataError(f"{path} has labels not in params 'classes': {unknown}")
-    if frame.empty:
-        raise DataError(f"{path} has no rows")
-    return frame
-
-
-def read_split(path: str | Path, classes: list[str]) -> pd.DataFrame:
-    """Load a split CSV and check that it is usable for training."""
-    return read_labelled_csv(path, COLUMNS, classes)
-
-
-def check_images_exist(paths: Sequence[Path], where: str | Path) -> None:
-    """Fail with one line naming the CSV when image files it lists are not on disk."""
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise DataError(f"{where}: {len(missing)} of {len(paths)} image files are missing, "
-                        f"e.g. {missing[0]}")
-
-
-class FaceDataset:
-    """Images of one split as ``(tensor [1, S, S], class index)``; a map-style torch dataset.
+class FaceDataset(Dataset):
+    """Images of one split as ``(tensor [1, S, S], class index)``.
 
     ``augment`` adds a random horizontal flip: faces are left-right symmetric in expression, and
     a flip costs nothing, unlike the heavier offline augmentation of the balance stage.
-
-    torch is imported on first use only, so the data stages that merely read split CSVs through
-    this module (ingest, eda) do not pay for importing it.
     """
-
     def __init__(self, frame: pd.DataFrame, classes: list[str], preprocess: Preprocess,
                  root: str | Path = ".", augment: bool = False, seed: int = 0):
         self.paths = [Path(root) / p for p in frame["path"]]
@@ -80,8 +32,6 @@ class FaceDataset:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        import torch
-
         with Image.open(self.paths[i]) as img:
             x = self.preprocess(img)
         if self.augment and self.rng.random() < 0.5:

@@ -24,12 +24,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from emorec.config import Params
-from emorec.data import FaceDataset, check_images_exist, read_split
+from emorec.data import FaceDataset
 from emorec.errors import DataError
 from emorec.metrics import classification_metrics, confusion
 from emorec.models import device as default_device
 from emorec.models import load_checkpoint
 from emorec.plots import confusion_matrix_png, image_grid_png
+from emorec.splits import check_images_exist, read_split
 from emorec.transforms import Preprocess
 
 log = logging.getLogger(__name__)

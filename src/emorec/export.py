@@ -32,7 +32,6 @@ from torch import nn
 
 from emorec import __version__
 from emorec.config import Params
-from emorec.data import read_split
 from emorec.errors import EmorecError, ParamsError
 from emorec.inference import (
     INPUT_NAME,
@@ -45,6 +44,7 @@ from emorec.inference import (
     split_image_paths,
 )
 from emorec.labels import label_map
+from emorec.splits import read_split
 from emorec.transforms import Preprocess
 
 log = logging.getLogger(__name__)

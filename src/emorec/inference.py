@@ -22,6 +22,7 @@ from scipy.special import softmax
 
 from emorec.errors import EmorecError
 from emorec.imageio import open_image
+from emorec.splits import check_images_exist
 from emorec.transforms import Preprocess
 
 #: Keys of the ONNX ``metadata_props`` written by :func:`add_metadata`.
@@ -157,8 +158,6 @@ def predict_in_batches(model: OnnxClassifier, paths: Sequence[str | Path], batch
 
 def split_image_paths(frame: Any, root: str | Path, source: str | Path) -> list[Path]:
     """``root / path`` of every row of a split frame; missing files raise one clear error."""
-    from emorec.data import check_images_exist
-
     paths = [Path(root) / rel for rel in frame["path"]]
     check_images_exist(paths, source)
     return paths

@@ -38,11 +38,11 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from emorec.config import Params
-from emorec.data import read_labelled_csv
 from emorec.demo_faces import generate_dataset
 from emorec.errors import DataError, ImageError, ParamsError
 from emorec.imageio import REJECT_REASONS, open_image
 from emorec.labels import FER2013_CODES, LEGACY_8_TO_6
+from emorec.splits import read_labelled_csv
 
 SOURCES = ("demo", "folder", "fer2013")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

@@ -33,7 +33,6 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from emorec.config import Params
-from emorec.data import read_split
 from emorec.errors import EmorecError, ParamsError
 from emorec.inference import (
     INPUT_NAME,
@@ -46,6 +45,7 @@ from emorec.inference import (
 from emorec.labels import label_map
 from emorec.latency import measure_interleaved
 from emorec.metrics import classification_metrics
+from emorec.splits import read_split
 
 log = logging.getLogger(__name__)
 

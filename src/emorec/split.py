@@ -34,11 +34,11 @@ from tqdm import tqdm
 
 from emorec.augment import augment, build_pipeline
 from emorec.config import Params
-from emorec.data import COLUMNS
 from emorec.errors import DataError, ParamsError
 from emorec.imageio import read_gray
 from emorec.ingest import png_bytes, read_manifest, sha256_hex
 from emorec.labels import write_label_map
+from emorec.splits import COLUMNS
 
 SPLITS = ("train", "val", "test")
 STRATEGIES = ("none", "oversample_augment", "class_weights")

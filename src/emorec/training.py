@@ -48,13 +48,14 @@ from tqdm import tqdm
 
 from emorec.callbacks import EarlyStopping
 from emorec.config import Params
-from emorec.data import FaceDataset, check_images_exist, read_split
+from emorec.data import FaceDataset
 from emorec.errors import DataError, EmorecError, ParamsError
 from emorec.evaluation import autocast, predict_logits
 from emorec.labels import read_label_map
 from emorec.metrics import classification_metrics
 from emorec.models import create_model, save_checkpoint
 from emorec.models import device as default_device
+from emorec.splits import check_images_exist, read_split
 from emorec.transforms import Preprocess
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from emorec.data import COLUMNS
+from emorec.splits import COLUMNS
 
 SYNTH_COLUMNS = ["prompt", "seed", "prompt_hash"]
 SYNTHETIC = "synthetic"

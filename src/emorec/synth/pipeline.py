@@ -20,11 +20,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from emorec.config import Params
-from emorec.data import read_split
 from emorec.errors import DataError, ParamsError
 from emorec.imageio import read_gray
 from emorec.ingest import png_bytes, sha256_hex
 from emorec.plots import image_rows_png
+from emorec.splits import read_split
 from emorec.synth.backends import Backend, make_backend
 from emorec.synth.filters import REASONS, FilterConfig, QualityFilter, SyntheticCap
 from emorec.synth.merge import SYNTHETIC, merge_train, synthetic_fraction
