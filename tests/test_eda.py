@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 
 from emorec.config import Params
-from emorec.eda import hash_bits, near_duplicate_pairs, run_eda
+from emorec.eda import run_eda
 from emorec.errors import DataError
 from emorec.ingest import run_ingest
-from emorec.quality import perceptual_hash
+from emorec.quality import near_duplicate_groups, near_duplicate_pairs, pack_hashes, perceptual_hash
 
 
 @pytest.fixture
@@ -69,11 +69,21 @@ def test_vectorised_pairs_match_imagehash_distances():
     base = rng.integers(0, 256, (32, 32)).astype(np.uint8)
     images = [base, np.clip(base.astype(int) + 2, 0, 255).astype(np.uint8)]
     images += [rng.integers(0, 256, (32, 32)).astype(np.uint8) for _ in range(30)]
-    hashes = [perceptual_hash(im) for im in images]
-    expected = {(i, j, hashes[i] - hashes[j]) for i in range(32) for j in range(i + 1, 32)
-                if hashes[i] - hashes[j] <= 20}
-    assert set(near_duplicate_pairs(hash_bits(hashes), 20, block=7)) == expected
-    assert (0, 1, hashes[0] - hashes[1]) in expected
+    for size in (8, 16):  # 64 bits: one word; 256 bits: four
+        hashes = [perceptual_hash(im, size) for im in images]
+        limit = 20 if size == 8 else 90
+        expected = {(i, j, hashes[i] - hashes[j]) for i in range(32) for j in range(i + 1, 32)
+                    if hashes[i] - hashes[j] <= limit}
+        found = near_duplicate_pairs(pack_hashes(hashes), limit, block=7)
+        assert {tuple(int(v) for v in row) for row in found} == expected
+        assert (0, 1, hashes[0] - hashes[1]) in expected
+
+
+def test_near_duplicate_groups_join_chains():
+    pairs = np.array([[0, 1, 3], [1, 4, 2], [2, 5, 0]])
+    groups = near_duplicate_groups(6, pairs)
+    assert groups[0] == groups[1] == groups[4] and groups[2] == groups[5]
+    assert len({groups[0], groups[2], groups[3]}) == 3
 
 
 def test_missing_manifest_is_a_clear_error(params, tmp_path):

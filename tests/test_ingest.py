@@ -145,7 +145,7 @@ def pixels(seed: int, side: int = 48) -> str:
 
 def fer_params(params_raw: dict, csv: Path) -> Params:
     params_raw["data"]["source"] = "fer2013"
-    params_raw["data"]["fer2013"]["csv"] = str(csv)
+    params_raw["data"]["fer2013"]["path"] = str(csv)
     return Params(params_raw)
 
 
@@ -165,16 +165,49 @@ def test_fer2013_maps_codes_and_disgust(params_raw, tmp_path):
 def test_fer2013_null_mapping_and_bad_rows_are_rejected(params_raw, tmp_path):
     rows = [(code, pixels(code)) for code in range(7)]
     rows += [(1, pixels(50)), (9, pixels(51)), (2, pixels(52)[:-4]), (4, ""), (5, "1 2 x 4"),
-             (6, pixels(53, side=10))]
+             (6, pixels(53, side=10)), (3, " ".join(["300"] * 48 * 48)),
+             (0, " ".join(["128"] * 48 * 48))]
     csv = fer_csv(tmp_path / "fer.csv", rows)
     params_raw["data"]["fer2013"]["map"][1] = None
     report, _ = run(fer_params(params_raw, csv), tmp_path)
     counts = report["rejected_by_reason"]
     assert counts["unknown_label"] == 3  # two disgust rows (null), one unknown code 9
-    assert counts["corrupt"] == 2  # not a square, not numbers
+    assert counts["bad_pixel_count"] == 1  # not a square
+    assert counts["non_numeric"] == 1
+    assert counts["out_of_range"] == 1  # 300 > 255
+    assert counts["near_blank"] == 1  # a flat grey frame
     assert counts["empty"] == 1
     assert counts["too_small"] == 1  # 10x10 < ingest.min_side
+    assert report["rejected"] == sum(counts.values()) == 9
     assert report["accepted"] == 6 and report["accepted_per_class"]["angry"] == 1
+
+
+def fer_folder(root: Path) -> Path:
+    """Kaggle's FER2013 layout: {train,test}/<fer class>/<Usage>_<n>.png."""
+    layout = [("train", "happy", "Training_1", 1), ("train", "disgust", "Training_2", 2),
+              ("test", "sad", "PublicTest_3", 3), ("test", "fear", "PrivateTest_4", 4),
+              ("train", "surprise", "Training_5", 4),  # same pixels as the PrivateTest image
+              ("train", "contempt", "Training_6", 6), ("train", "neutral", "Training_7", 7),
+              ("train", "surprise", "Training_8", 8)]
+    for part, folder, stem, seed in layout:
+        path = root / part / folder / f"{stem}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        values = np.random.default_rng(seed).integers(0, 256, (48, 48)).astype(np.uint8)
+        Image.fromarray(values).save(path)
+    return root
+
+
+def test_fer2013_folder_layout_keeps_usage_and_the_test_copy(params_raw, tmp_path):
+    root = fer_folder(tmp_path / "fer")
+    report, manifest = run(fer_params(params_raw, root), tmp_path)
+    label_of = dict(zip(manifest["usage"], manifest["label"], strict=False))
+    assert label_of["PublicTest"] == "sad" and label_of["PrivateTest"] == "fearful"
+    assert set(manifest.loc[manifest["label"] == "angry", "usage"]) == {"Training"}  # disgust
+    # The duplicate is rejected from train, not from the official test split.
+    assert (manifest["usage"] == "PrivateTest").sum() == 1
+    assert report["rejected_by_reason"]["duplicate"] == 1
+    assert report["rejected_by_reason"]["unknown_label"] == 1  # contempt is no FER class
+    assert report["accepted_per_usage"] == {"PrivateTest": 1, "PublicTest": 1, "Training": 4}
 
 
 def test_demo_source_is_deterministic(params_raw, tmp_path):

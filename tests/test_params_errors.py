@@ -35,7 +35,7 @@ def edit_missing_folder(raw: dict, tmp: Path) -> None:
 
 def edit_missing_fer_csv(raw: dict, tmp: Path) -> None:
     raw["data"]["source"] = "fer2013"
-    raw["data"]["fer2013"]["csv"] = str(tmp / "fer2013.csv")
+    raw["data"]["fer2013"]["path"] = str(tmp / "fer2013.csv")
 
 
 def edit_ratios(raw: dict, tmp: Path) -> None:
@@ -53,7 +53,7 @@ def edit_strategy(raw: dict, tmp: Path) -> None:
 @pytest.mark.parametrize(("stage", "edit", "key", "words"), [
     ("ingest", edit_unknown_source, "data.source", "must be one of"),
     ("ingest", edit_missing_folder, "data.folder.root", "does not exist"),
-    ("ingest", edit_missing_fer_csv, "data.fer2013.csv", "does not exist"),
+    ("ingest", edit_missing_fer_csv, "data.fer2013.path", "does not exist"),
     ("split", edit_ratios, "split.ratios", "must sum to 1"),
 ])
 def test_bad_value_gives_exit_2_and_one_line_naming_the_key(params_raw, tmp_path, stage, edit,

@@ -23,7 +23,12 @@ from emorec.config import Params
 from emorec.imageio import read_gray
 from emorec.ingest import read_manifest
 from emorec.plots import image_rows_png, save_figure
-from emorec.quality import laplacian_variance, perceptual_hash
+from emorec.quality import (
+    laplacian_variance,
+    near_duplicate_pairs,
+    pack_hashes,
+    perceptual_hash,
+)
 
 _PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
 
@@ -38,31 +43,6 @@ def distribution(values: np.ndarray) -> dict[str, float]:
     return stats
 
 
-def hash_bits(hashes: list[Any]) -> np.ndarray:
-    """Perceptual hashes as packed unsigned integers, one row per image, for vectorised XOR."""
-    bits = np.stack([np.asarray(h.hash, dtype=bool).ravel() for h in hashes])
-    return np.packbits(bits, axis=1)
-
-
-def near_duplicate_pairs(packed: np.ndarray, distance: int, block: int = 256
-                         ) -> list[tuple[int, int, int]]:
-    """All pairs ``(i, j, hamming)``, ``i < j``, whose hashes differ in at most ``distance`` bits.
-
-    Exact and all-pairs, in blocks with ``np.bitwise_count``: tens of thousands of images take
-    seconds, where a Python loop over pairs would take hours.
-    """
-    pairs: list[tuple[int, int, int]] = []
-    n = len(packed)
-    for start in range(0, n, block):
-        rows = packed[start:start + block]
-        dist = np.bitwise_count(rows[:, None, :] ^ packed[None, :, :]).sum(axis=2, dtype=np.int32)
-        ii, jj = np.nonzero(dist <= distance)
-        for i, j in zip(ii + start, jj, strict=True):
-            if i < j:
-                pairs.append((int(i), int(j), int(dist[i - start, j])))
-    return pairs
-
-
 def analyse(frame: pd.DataFrame, classes: list[str], near_distance: int, hash_size: int = 8
             ) -> tuple[dict[str, Any], np.ndarray]:
     """The EDA report for a manifest, plus the blur value of every image (for the histogram)."""
@@ -75,7 +55,8 @@ def analyse(frame: pd.DataFrame, classes: list[str], near_distance: int, hash_si
 
     counts = Counter(frame["label"])
     total = len(frame)
-    pairs = near_duplicate_pairs(hash_bits(hashes), near_distance)
+    pairs = [tuple(int(v) for v in row)
+             for row in near_duplicate_pairs(pack_hashes(hashes), near_distance)]
     labels = frame["label"].to_numpy()
     in_pair = {i for i, j, _ in pairs} | {j for i, j, _ in pairs}
     sha_counts = frame["sha256"].value_counts()

@@ -8,14 +8,20 @@ Sources (``data.source`` in params.yaml):
   tree in the legacy 8-class schema use the aliases ``{contempt: angry, disgust: angry}``, which is
   :data:`emorec.labels.LEGACY_8_TO_6`: contempt and disgust have no counterpart among the six
   classes and are folded into ``angry``, the nearest negative high-arousal class.
-* ``fer2013`` - the Kaggle CSV ``emotion,pixels,Usage`` (48x48 pixels as space-separated numbers).
-  ``data.fer2013.map`` sends each FER code to a class, or to ``null`` to reject it; by default
-  ``1: disgust`` goes to ``angry`` for the same reason as above. The CSV's ``Usage`` column is not
-  used: the split stage makes its own stratified, seeded split.
+* ``fer2013`` - ``data.fer2013.path`` is either the Kaggle CSV ``emotion,pixels,Usage`` (48x48
+  pixels as space-separated numbers) or Kaggle's image-folder layout
+  ``root/{train,test}/<fer class>/<Usage>_<n>.jpg`` (class folders ``angry disgust fear happy
+  neutral sad surprise``). ``data.fer2013.map`` sends each FER code to a class, or to ``null`` to
+  reject it; by default ``1: disgust`` goes to ``angry`` for the same reason as above. The official
+  split (``Usage`` column or file-name prefix: Training, PublicTest, PrivateTest) is kept in the
+  manifest's ``usage`` column for ``split.strategy: predefined``. Test rows are read first, so an
+  exact duplicate of a test image is rejected from train rather than removed from the test set.
 
 Every candidate either becomes one row of ``manifest.csv`` or one entry of the rejection list in
 ``reports/ingest.json`` with its reason (:data:`REASONS`); nothing is dropped silently and no bad
-file stops the stage. An exact duplicate is an image whose normalised pixels are identical to an
+file stops the stage. A near-blank image (pixel standard deviation below
+``ingest.min_pixel_std``, e.g. FER2013's all-black frames) carries no face and is rejected as
+``near_blank``. An exact duplicate is an image whose normalised pixels are identical to an
 earlier accepted one (byte-identical files always are; so are lossless re-encodings).
 """
 
@@ -47,8 +53,12 @@ from emorec.splits import read_labelled_csv
 SOURCES = ("demo", "folder", "fer2013")
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 #: Why a candidate can be rejected: the decoding reasons of :func:`open_image` plus ingest's own.
-REASONS = (*REJECT_REASONS, "unreadable", "unsupported_extension", "unknown_label", "duplicate")
-MANIFEST_COLUMNS = ["id", "path", "label", "source", "sha256", "width", "height", "mode"]
+#: FER2013 CSV rows add their own: wrong pixel count, non-numeric cells, values outside 0-255.
+REASONS = (*REJECT_REASONS, "bad_pixel_count", "non_numeric", "out_of_range", "near_blank",
+           "unreadable", "unsupported_extension", "unknown_label", "duplicate")
+MANIFEST_COLUMNS = ["id", "path", "label", "source", "sha256", "width", "height", "mode", "usage"]
+#: FER2013's official split names, test first: the first copy of an exact duplicate is kept.
+FER2013_USAGES = ("PrivateTest", "PublicTest", "Training")
 
 
 @dataclass
@@ -68,6 +78,7 @@ class Candidate:
     raw_label: str
     load: Callable[[], bytes | Image.Image]
     suffix: str | None = None
+    usage: str = ""  # the dataset's own split name (FER2013 ``Usage``), empty when it has none
 
 
 @dataclass
@@ -158,19 +169,21 @@ def _fer_pixels(text: Any) -> Image.Image | bytes:
     try:
         values = np.array(text.split(), dtype=np.int64)
     except ValueError as err:
-        raise ImageError("corrupt", f"pixels are not all integers ({err})") from err
+        raise ImageError("non_numeric", f"pixels are not all integers ({err})") from err
     side = int(round(np.sqrt(values.size)))
     if side * side != values.size:
-        raise ImageError("corrupt", f"{values.size} pixels do not form a square image")
+        raise ImageError("bad_pixel_count", f"{values.size} pixels do not form a square image")
     if values.min() < 0 or values.max() > 255:
-        raise ImageError("corrupt", "pixel values outside 0-255")
+        raise ImageError("out_of_range", "pixel values outside 0-255")
     return Image.fromarray(values.reshape(side, side).astype(np.uint8))
 
 
 def fer2013_candidates(params: Params) -> Iterator[Candidate]:
-    """Candidates from the FER2013 CSV, labels through ``data.fer2013.map``."""
-    path = params.existing_path("data.fer2013.csv", kind="file")
+    """Candidates from FER2013 as a CSV or as Kaggle's image folders, labels via the map."""
+    path = params.existing_path("data.fer2013.path")
     mapping = _fer_map(params)
+    if path.is_dir():
+        return _fer_folder(path, mapping)
     try:
         frame = pd.read_csv(path, dtype={"pixels": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -181,17 +194,46 @@ def fer2013_candidates(params: Params) -> Iterator[Candidate]:
     return _fer_rows(path, frame, mapping)
 
 
+def _usage_rank(usage: str) -> int:
+    return FER2013_USAGES.index(usage) if usage in FER2013_USAGES else len(FER2013_USAGES)
+
+
+def _fer_label(code: int | None, raw: str, mapping: dict[int, str | None]
+               ) -> tuple[str | None, str]:
+    """Target class (or None) and the raw label a person would recognise."""
+    if code is None:
+        return None, raw
+    return mapping.get(code), FER2013_CODES.get(code, raw)
+
+
 def _fer_rows(path: Path, frame: pd.DataFrame, mapping: dict[int, str | None]
               ) -> Iterator[Candidate]:
-    for row, (emotion, pixels) in enumerate(zip(frame["emotion"], frame["pixels"], strict=True)):
+    usages = (frame["Usage"].fillna("").astype(str).str.strip() if "Usage" in frame.columns
+              else pd.Series("", index=frame.index))
+    order = sorted(range(len(frame)), key=lambda r: _usage_rank(usages.iat[r]))
+    for row in order:
+        emotion, pixels = frame["emotion"].iat[row], frame["pixels"].iat[row]
         try:
             code: int | None = int(emotion)
         except (TypeError, ValueError):
             code = None
-        raw = FER2013_CODES.get(code, str(emotion)) if code is not None else str(emotion)
-        label = mapping.get(code) if code is not None else None
+        label, raw = _fer_label(code, str(emotion), mapping)
         yield Candidate(f"fer2013-{row:06d}", "fer2013", f"{path}:row {row + 2}", label, raw,
-                        lambda pixels=pixels: _fer_pixels(pixels))
+                        lambda pixels=pixels: _fer_pixels(pixels), usage=usages.iat[row])
+
+
+def _fer_folder(root: Path, mapping: dict[int, str | None]) -> Iterator[Candidate]:
+    """Kaggle's layout: the class is the parent folder's name, the split the file-name prefix."""
+    codes = {name: code for code, name in FER2013_CODES.items()}
+    files = [p for p in root.rglob("*") if p.is_file()]
+    usage_of = {p: p.name.split("_", 1)[0] if "_" in p.name else "" for p in files}
+    for path in sorted(files, key=lambda p: (_usage_rank(usage_of[p]), p.as_posix())):
+        folder = path.parent.name
+        label, raw = _fer_label(codes.get(folder), folder, mapping)
+        rel = path.relative_to(root).as_posix()
+        digest = hashlib.sha1(rel.encode()).hexdigest()[:8]
+        yield Candidate(f"fer2013-{_slug(path.stem)}-{digest}", "fer2013", str(path), label, raw,
+                        path.read_bytes, path.suffix.lower(), usage=usage_of[path])
 
 
 def candidates(params: Params) -> Iterator[Candidate]:
@@ -271,6 +313,7 @@ def run_ingest(params: Params, out_dir: Path, report_path: Path) -> dict[str, An
     min_side = ingest.integer("min_side", low=1)
     max_side = ingest.integer("max_side", low=min_side)
     output_max_side = ingest.integer("output_max_side", low=16)
+    min_std = ingest.number("min_pixel_std", low=0)
     offers = candidates(params)
 
     images_dir = out_dir / "images"
@@ -285,7 +328,8 @@ def run_ingest(params: Params, out_dir: Path, report_path: Path) -> dict[str, An
     offered = 0
     for cand in tqdm(offers, desc=f"ingest {source}", unit="img", mininterval=2):
         offered += 1
-        rejection = _accept(cand, min_side, max_side, output_max_side, images_dir, seen, rows)
+        rejection = _accept(cand, min_side, max_side, output_max_side, min_std, images_dir,
+                            seen, rows)
         if rejection is not None:
             rejected.append(rejection)
 
@@ -308,7 +352,7 @@ def run_ingest(params: Params, out_dir: Path, report_path: Path) -> dict[str, An
 
 
 def _accept(cand: Candidate, min_side: int, max_side: int, output_max_side: int,
-            images_dir: Path, seen: dict[str, str], rows: list[dict[str, Any]]
+            min_std: float, images_dir: Path, seen: dict[str, str], rows: list[dict[str, Any]]
             ) -> Rejection | None:
     """Validate one candidate; append its manifest row, or return why it was rejected."""
     if cand.label is None:  # checked first: for a stray folder, the folder is the problem
@@ -322,10 +366,16 @@ def _accept(cand: Candidate, min_side: int, max_side: int, output_max_side: int,
     except ImageError as err:
         return Rejection(cand.where, cand.raw_label, err.reason, str(err))
     try:
-        data = png_bytes(_shrink(to_gray8(original), output_max_side))
+        gray = _shrink(to_gray8(original), output_max_side)
     except Exception as err:  # noqa: BLE001 - e.g. malformed EXIF; one bad file must not stop ingest
         return Rejection(cand.where, cand.raw_label, "corrupt",
                          f"cannot be normalised ({type(err).__name__}: {err})")
+    spread = float(np.asarray(gray, dtype=np.float32).std())
+    if spread < min_std:
+        return Rejection(cand.where, cand.raw_label, "near_blank",
+                         f"pixel standard deviation {spread:.2f} < ingest.min_pixel_std "
+                         f"{min_std:g}: no face to learn from")
+    data = png_bytes(gray)
     digest = sha256_hex(data)
     if digest in seen:
         return Rejection(cand.where, cand.raw_label, "duplicate",
@@ -335,7 +385,7 @@ def _accept(cand: Candidate, min_side: int, max_side: int, output_max_side: int,
     path.write_bytes(data)
     rows.append({"id": cand.id, "path": path.as_posix(), "label": cand.label,
                  "source": cand.source, "sha256": digest, "width": original.width,
-                 "height": original.height, "mode": original.mode})
+                 "height": original.height, "mode": original.mode, "usage": cand.usage})
     return None
 
 
@@ -356,6 +406,9 @@ def _report(params: Params, source: str, offered: int, manifest: pd.DataFrame,
                 "is kept). Legacy 8-class schema -> 6 classes: " + ", ".join(
                     f"{k}->{v}" for k, v in LEGACY_8_TO_6.items() if k != v),
     }
+    usages = Counter(manifest["usage"].fillna(""))
+    if any(usages):
+        report["accepted_per_usage"] = {u or "<none>": int(n) for u, n in sorted(usages.items())}
     if source == "fer2013":
         report["fer2013_map"] = {f"{code} {FER2013_CODES.get(code, '?')}": target
                                  for code, target in sorted(_fer_map(params).items())}

@@ -1,4 +1,16 @@
-"""Split + balance: manifest -> stratified train/val/test CSVs, then balancing of train only.
+"""Split + balance: manifest -> train/val/test CSVs, then balancing of train only.
+
+``split.strategy``:
+
+* ``predefined`` - the dataset's own split from the manifest's ``usage`` column (FER2013's
+  Training / PublicTest / PrivateTest), mapped by ``split.predefined``. Published results are
+  measured on that test split, so it is kept as is; near duplicates that cross it (and those
+  whose labels disagree) are counted in the report, not moved.
+* ``stratified`` - a seeded split with the class proportions of the data in every part. Images
+  within ``eda.near_duplicate_distance`` bits of each other (pHash, ``eda.phash_size``) form one
+  group (connected components) and go to one split together, so a re-encoded copy of a test face
+  cannot sit in train.
+* ``auto`` - ``predefined`` when every manifest row has a ``usage``, else ``stratified``.
 
 Order matters for leakage: the split is made on *original* images first, and only then are
 augmented copies made, from train images, into train. Every row carries ``origin`` (the id of the
@@ -38,9 +50,16 @@ from emorec.errors import DataError, ParamsError
 from emorec.imageio import read_gray
 from emorec.ingest import png_bytes, read_manifest, sha256_hex
 from emorec.labels import write_label_map
+from emorec.quality import (
+    near_duplicate_groups,
+    near_duplicate_pairs,
+    pack_hashes,
+    perceptual_hash,
+)
 from emorec.splits import COLUMNS
 
 SPLITS = ("train", "val", "test")
+SPLIT_STRATEGIES = ("auto", "stratified", "predefined")
 STRATEGIES = ("none", "oversample_augment", "class_weights")
 _RETRIES = 5  # redraws when an augmented copy comes out pixel-identical to its parent
 
@@ -67,12 +86,55 @@ def to_rows(manifest: pd.DataFrame) -> pd.DataFrame:
     return rows[COLUMNS].reset_index(drop=True)
 
 
-def stratified_split(rows: pd.DataFrame, ratios: dict[str, float], seed: int
+def usage_column(manifest: pd.DataFrame) -> pd.Series | None:
+    """The manifest's ``usage`` as strings ("" where a source gave none), or None if absent."""
+    if "usage" not in manifest:
+        return None
+    usage = manifest["usage"]
+    return usage.astype(object).where(usage.notna(), "").astype(str)
+
+
+def split_strategy(params: Params, manifest: pd.DataFrame) -> str:
+    """The strategy in force: ``auto`` becomes ``predefined`` when every row has a usage."""
+    strategy = params.choice("split.strategy", SPLIT_STRATEGIES)
+    if strategy != "auto":
+        return strategy
+    usage = usage_column(manifest)
+    return "predefined" if usage is not None and (usage != "").all() else "stratified"
+
+
+def predefined_split(manifest: pd.DataFrame, rows: pd.DataFrame, mapping: dict[str, str]
                      ) -> dict[str, pd.DataFrame]:
-    """Train/val/test with the class proportions of ``rows`` in each (two sklearn splits)."""
+    """The dataset's own split: each row goes where ``mapping[usage]`` says."""
+    usage = usage_column(manifest)
+    if usage is None:
+        raise DataError("split.strategy is predefined but the manifest has no usage column "
+                        "(this source has no split of its own; use stratified)")
+    unmapped = Counter(u for u in usage if u not in mapping)
+    if unmapped:
+        raise DataError(f"split.predefined maps {sorted(mapping)}, but the manifest has rows with "
+                        f"usage {dict(unmapped)} (empty = none given)")
+    target = usage.map(mapping).to_numpy()
+    splits = {name: rows[target == name].sort_values("origin").reset_index(drop=True)
+              for name in SPLITS}
+    empty = [name for name, frame in splits.items() if frame.empty]
+    if empty:
+        raise DataError(f"predefined split leaves {empty} empty; split.predefined is {mapping}")
+    return splits
+
+
+def stratified_split(rows: pd.DataFrame, ratios: dict[str, float], seed: int,
+                     groups: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
+    """Train/val/test with the class proportions of ``rows`` in each (two sklearn splits).
+
+    With ``groups`` (one id per row) the split is made on one representative per group and every
+    member follows its representative, so a group never straddles two splits.
+    """
+    groups = np.arange(len(rows)) if groups is None else np.asarray(groups)
+    reps = rows.assign(_group=groups).drop_duplicates("_group")
     held_out = ratios["val"] + ratios["test"]
     try:
-        train, rest = train_test_split(rows, test_size=held_out, stratify=rows["label"],
+        train, rest = train_test_split(reps, test_size=held_out, stratify=reps["label"],
                                        random_state=seed)
         val, test = train_test_split(rest, test_size=ratios["test"] / held_out,
                                      stratify=rest["label"], random_state=seed)
@@ -80,8 +142,33 @@ def stratified_split(rows: pd.DataFrame, ratios: dict[str, float], seed: int
         counts = dict(Counter(rows["label"]))
         raise DataError(f"cannot make a stratified split of {counts} with ratios {ratios}: {err}"
                         " (each class needs enough images for every split)") from err
-    return {name: frame.sort_values("origin").reset_index(drop=True)
-            for name, frame in zip(SPLITS, (train, val, test), strict=True)}
+    owner = {g: name for name, part in zip(SPLITS, (train, val, test), strict=True)
+             for g in part["_group"]}
+    target = np.array([owner[g] for g in groups])
+    return {name: rows[target == name].sort_values("origin").reset_index(drop=True)
+            for name in SPLITS}
+
+
+def hash_rows(rows: pd.DataFrame, hash_size: int, root: Path = Path(".")) -> np.ndarray:
+    """Packed pHash words of every row's image (see :func:`emorec.quality.pack_hashes`)."""
+    hashes = [perceptual_hash(read_gray(root / path), hash_size)
+              for path in tqdm(rows["path"], desc="phash", unit="img", mininterval=2)]
+    return pack_hashes(hashes)
+
+
+def near_duplicate_report(pairs: np.ndarray, labels: np.ndarray, split_of: np.ndarray,
+                          distance: int, hash_bits: int) -> dict[str, Any]:
+    """How many near-duplicate pairs there are, how many cross splits, how many disagree."""
+    i, j = pairs[:, 0], pairs[:, 1]
+    crossing = split_of[i] != split_of[j]
+    conflict = labels[i] != labels[j]
+    by_pair = Counter(f"{a}-{b}" if a <= b else f"{b}-{a}"
+                      for a, b in zip(split_of[i][crossing], split_of[j][crossing], strict=True))
+    return {"hash_bits": hash_bits, "distance": distance, "pairs": len(pairs),
+            "pairs_conflicting_labels": int(conflict.sum()),
+            "pairs_crossing_splits": int(crossing.sum()),
+            "crossing_by_splits": dict(sorted(by_pair.items())),
+            "crossing_conflicting_labels": int((crossing & conflict).sum())}
 
 
 def copies_per_image(n_images: int, target: int, limit: int, rng: np.random.Generator
@@ -155,17 +242,48 @@ def check_no_leakage(splits: dict[str, pd.DataFrame]) -> dict[str, int]:
     return {"shared_origins": 0, "shared_sha256": 0}
 
 
+def make_splits(params: Params, manifest: pd.DataFrame) -> tuple[dict[str, pd.DataFrame],
+                                                                   dict[str, Any]]:
+    """Train/val/test by the strategy in force, and the near-duplicate report."""
+    rows = to_rows(manifest)
+    how = split_strategy(params, manifest)
+    ratios = split_ratios(params) if how == "stratified" else None  # checked before hashing
+    hash_size = params.integer("eda.phash_size", low=2)
+    distance = params.integer("eda.near_duplicate_distance", low=0, high=hash_size * hash_size)
+    pairs = near_duplicate_pairs(hash_rows(rows, hash_size), distance)
+    if how == "predefined":
+        mapping = {str(k): v for k, v in params.mapping("split.predefined").items()}
+        bad = {k: v for k, v in mapping.items() if v not in SPLITS}
+        if bad:
+            raise ParamsError("split.predefined", f"values must be one of {list(SPLITS)}, "
+                                                  f"got {bad}")
+        splits = predefined_split(manifest, rows, mapping)
+        info: dict[str, Any] = {"strategy": "predefined", "mapping": mapping}
+    else:
+        groups = near_duplicate_groups(len(rows), pairs)
+        splits = stratified_split(rows, ratios, params.integer("split.seed"), groups)
+        info = {"strategy": "stratified", "ratios": ratios,
+                "near_duplicate_groups": int(len(groups) - len(np.unique(groups)))}
+    split_of = np.empty(len(rows), dtype=object)
+    index = {origin: k for k, origin in enumerate(rows["origin"])}
+    for name, frame in splits.items():
+        split_of[[index[o] for o in frame["origin"]]] = name
+    info["near_duplicates"] = near_duplicate_report(pairs, rows["label"].to_numpy(), split_of,
+                                                    distance, hash_size * hash_size)
+    return splits, info
+
+
 def run_split(params: Params, manifest: Path, out_dir: Path, report_path: Path) -> dict[str, Any]:
     """Split, balance, check, write the CSVs, label map, class weights and report."""
     classes = params.classes
-    ratios = split_ratios(params)
     seed = params.integer("split.seed")
+    if params.choice("split.strategy", SPLIT_STRATEGIES) != "predefined":
+        split_ratios(params)  # a bad value stops the stage before any file is read
     strategy = params.choice("balance.strategy", STRATEGIES)
     if strategy == "oversample_augment":  # validated before any file is read or written
         limit = params.integer("balance.aug_per_image_limit", low=0)
         pipeline = build_pipeline(params.sequence("balance.augment"), seed=seed)
-    rows = to_rows(read_manifest(manifest, classes))
-    splits = stratified_split(rows, ratios, seed)
+    splits, split_info = make_splits(params, read_manifest(manifest, classes))
     before = Counter(splits["train"]["label"])
 
     aug_dir = out_dir / "augmented"
@@ -188,7 +306,7 @@ def run_split(params: Params, manifest: Path, out_dir: Path, report_path: Path) 
     aug_counts = Counter(augmented["label"])
     report = {
         "seed": seed,
-        "ratios": ratios,
+        "split": split_info,
         "strategy": strategy,
         "sizes": {name: len(frame) for name, frame in splits.items()},
         "per_class": {name: {c: int((frame["label"] == c).sum()) for c in classes}

@@ -3,8 +3,8 @@
 The recipe is timm's own pieces wired together rather than re-implemented: optimizer and
 warm-up + cosine schedule from ``create_optimizer_v2``/``create_scheduler_v2`` (per-parameter-group
 learning rates for backbone and head), ``Mixup`` (MixUp/CutMix and label smoothing in one place),
-``ModelEmaV3`` for weight averaging, autocast (bf16 on CPU, fp16 with a ``GradScaler`` or bf16 on
-CUDA) and gradient clipping. Training runs in two phases: the first
+``ModelEmaV3`` for weight averaging, mixed precision where the hardware has it
+(:mod:`emorec.precision`) and gradient clipping. Training runs in two phases: the first
 ``train.freeze_backbone_epochs`` epochs update only the classifier (``model.get_classifier()``)
 so a new head does not push large random gradients into pretrained features; then everything
 trains with discriminative learning rates (``lr_backbone`` < ``lr_head``).
@@ -13,6 +13,9 @@ Validation uses the EMA weights when EMA is on; those are the weights saved to `
 Every epoch the full resumable state goes to ``last.pt``; random generators are re-seeded from
 ``(seed, epoch, rank)`` at the start of each epoch, so a resumed run continues exactly like an
 uninterrupted one without having to store generator states.
+
+Data that fits in memory (``train.in_memory``) is decoded once and augmented in whole batches
+(:mod:`emorec.memory_data`); larger sets stream from files through a ``DataLoader``.
 
 The per-step code avoids host synchronisation: losses, predictions and gradient norms stay on
 the device and are read once per epoch (see ``benchmarks/train_throughput.py``).
@@ -50,11 +53,19 @@ from emorec.callbacks import EarlyStopping
 from emorec.config import Params
 from emorec.data import FaceDataset
 from emorec.errors import DataError, EmorecError, ParamsError
-from emorec.evaluation import autocast, predict_logits
+from emorec.evaluation import predict_logits
 from emorec.labels import read_label_map
+from emorec.memory_data import (
+    AugmentConfig,
+    BatchAugment,
+    BatchIterator,
+    fits_in_memory,
+    load_split,
+)
 from emorec.metrics import classification_metrics
 from emorec.models import create_model, save_checkpoint
 from emorec.models import device as default_device
+from emorec.precision import autocast, resolve_precision
 from emorec.splits import check_images_exist, read_split
 from emorec.transforms import Preprocess
 
@@ -84,8 +95,11 @@ class TrainConfig:
     warmup_epochs: int
     warmup_lr: float
     min_lr: float
-    amp: bool
+    amp: bool | str
     amp_dtype: str
+    channels_last: bool
+    in_memory: bool | str
+    in_memory_max_mb: float
     grad_clip: float
     ema: bool
     ema_decay: float
@@ -124,8 +138,11 @@ class TrainConfig:
             warmup_epochs=t.integer("warmup_epochs", low=0),
             warmup_lr=t.number("warmup_lr", low=0),
             min_lr=t.number("min_lr", low=0),
-            amp=t.boolean("amp"),
+            amp=_auto_or_bool(t, "amp"),
             amp_dtype=t.choice("amp_dtype", ["bfloat16", "float16"]),
+            channels_last=t.boolean("channels_last"),
+            in_memory=_auto_or_bool(t, "in_memory"),
+            in_memory_max_mb=t.number("in_memory_max_mb", low=0),
             grad_clip=t.number("grad_clip", low=0),
             ema=t.boolean("ema"),
             ema_decay=t.number("ema_decay", low=0, high=1),
@@ -146,6 +163,13 @@ class TrainConfig:
     def mixup_active(self) -> bool:
         mixing = self.mixup_alpha > 0 or self.cutmix_alpha > 0
         return self.mixup and self.mixup_prob > 0 and mixing
+
+
+def _auto_or_bool(section: Params, key: str) -> bool | str:
+    """A setting that is ``auto`` or a boolean."""
+    if section.get(key) == "auto":
+        return "auto"
+    return section.boolean(key)
 
 
 # -- distributed / seeding -------------------------------------------------------------------
@@ -294,16 +318,6 @@ def param_groups(model: nn.Module, lr_backbone: float, lr_head: float, weight_de
     return list(groups.values())
 
 
-def resolve_amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for float32. float16 needs CUDA; on CPU bf16 is used."""
-    if not cfg.amp:
-        return None
-    if cfg.amp_dtype == "float16" and device.type != "cuda":
-        log.warning("train.amp_dtype float16 needs CUDA; using bfloat16 autocast on %s", device)
-        return torch.bfloat16
-    return getattr(torch, cfg.amp_dtype)
-
-
 class Trainer:
     """Model, optimizer, schedule, EMA, MixUp and mixed precision; one ``train_step`` per batch."""
 
@@ -314,6 +328,8 @@ class Trainer:
         self.env = env or DistEnv()
         self.num_classes = len(classes)
         self.model = model.to(device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         groups = param_groups(self.model, cfg.lr_backbone, cfg.lr_head, cfg.weight_decay)
         self.backbone_params = [p for g in groups if g["part"] == "backbone" for p in g["params"]]
         self.optimizer = create_optimizer_v2(groups, opt=cfg.optimizer, lr=cfg.lr_head,
@@ -323,7 +339,8 @@ class Trainer:
             warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
             step_on_epochs=cfg.scheduler_step == "epoch", updates_per_epoch=updates_per_epoch,
             plateau_mode="max")
-        self.amp_dtype = resolve_amp_dtype(cfg, device)
+        self.precision = resolve_precision(cfg.amp, cfg.amp_dtype, device)
+        self.amp_dtype = self.precision.dtype
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.ema = (ModelEmaV3(self.model, decay=cfg.ema_decay, use_warmup=cfg.ema_warmup)
                     if cfg.ema else None)
@@ -503,8 +520,11 @@ class TrainPaths:
     root: Path = Path(".")
 
 
+Batches = DataLoader | BatchIterator
+
+
 def _loaders(cfg: TrainConfig, params: Params, paths: TrainPaths, classes: list[str],
-             env: DistEnv, device: torch.device) -> tuple[DataLoader, DataLoader]:
+             env: DistEnv, device: torch.device) -> tuple[Batches, Batches]:
     pre = Preprocess.from_params(params)
     train_frame = read_split(paths.train_csv, classes)
     val_frame = read_split(paths.val_csv, classes)
@@ -513,28 +533,64 @@ def _loaders(cfg: TrainConfig, params: Params, paths: TrainPaths, classes: list[
     val_ds = FaceDataset(val_frame, classes, pre, root=paths.root)
     check_images_exist(train_ds.paths, paths.train_csv)
     check_images_exist(val_ds.paths, paths.val_csv)
-    sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank,
-                                 shuffle=True, seed=params.seed)
-    train_loader = DataLoader(
-        train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-        drop_last=len(sampler) >= cfg.batch_size, generator=torch.Generator(),
-        worker_init_fn=_seed_worker, pin_memory=device.type == "cuda")
-    val_loader = DataLoader(Subset(val_ds, range(env.rank, len(val_ds), env.world_size)),
-                            batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    in_memory = cfg.in_memory is True or (
+        cfg.in_memory == "auto" and fits_in_memory(len(train_ds) + len(val_ds), pre.size,
+                                                   cfg.in_memory_max_mb))
+    if in_memory:
+        train_loader, val_loader = _memory_loaders(cfg, params, train_ds, val_ds, env, device)
+    else:
+        train_loader, val_loader = _file_loaders(cfg, params, train_ds, val_ds, env, device)
     if env.is_main:
         seen = len(train_loader) * cfg.batch_size * env.world_size
-        log.info("train: %d images (%s), val: %d images (%s); %d train images per epoch%s",
+        log.info("train: %d images (%s), val: %d images (%s), %s; %d train images per epoch%s",
                  len(train_ds), paths.train_csv, len(val_ds), paths.val_csv,
+                 "decoded once into memory" if in_memory else "read from files every epoch",
                  min(seen, len(train_ds)) if train_loader.drop_last else len(train_ds),
                  " (incomplete last batch left out, a different one each epoch)"
                  if train_loader.drop_last and seen < len(train_ds) else "")
     return train_loader, val_loader
 
 
-def _seed_epoch(seed: int, epoch: int, env: DistEnv, loader: DataLoader) -> None:
+def _memory_loaders(cfg: TrainConfig, params: Params, train_ds: FaceDataset,
+                    val_ds: FaceDataset, env: DistEnv, device: torch.device
+                    ) -> tuple[BatchIterator, BatchIterator]:
+    """Both splits decoded once; train batches augmented as whole tensors."""
+    pre = train_ds.preprocess
+    augment = (BatchAugment(AugmentConfig.from_params(params), torch.device("cpu"))
+               if cfg.train_augment else None)
+    common = {"preprocess": pre, "batch_size": cfg.batch_size, "rank": env.rank,
+              "world_size": env.world_size, "channels_last": cfg.channels_last}
+    train = BatchIterator(load_split(train_ds.paths, pre, "decode train"), train_ds.targets,
+                          shuffle=True, augment=augment, drop_last=True, seed=params.seed,
+                          **common)
+    val = BatchIterator(load_split(val_ds.paths, pre, "decode val"), val_ds.targets,
+                        shuffle=False, **common)
+    return train, val
+
+
+def _file_loaders(cfg: TrainConfig, params: Params, train_ds: FaceDataset, val_ds: FaceDataset,
+                  env: DistEnv, device: torch.device) -> tuple[DataLoader, DataLoader]:
+    """Images read from files by ``num_workers`` processes (sets too large for memory)."""
+    sampler = DistributedSampler(train_ds, num_replicas=env.world_size, rank=env.rank,
+                                 shuffle=True, seed=params.seed)
+    train_loader = DataLoader(
+        train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+        drop_last=len(sampler) >= cfg.batch_size, generator=torch.Generator(),
+        worker_init_fn=_seed_worker, pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0)
+    val_loader = DataLoader(Subset(val_ds, range(env.rank, len(val_ds), env.world_size)),
+                            batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    return train_loader, val_loader
+
+
+def _seed_epoch(seed: int, epoch: int, env: DistEnv, loader: Batches) -> None:
     """Re-seed every generator the epoch uses from (seed, epoch, rank): resumable and exact."""
     s = derive_seed(seed, epoch, env.rank)
     seed_everything(s)
+    if isinstance(loader, BatchIterator):
+        # one permutation shared by all ranks, so it is seeded without the rank
+        loader.set_epoch(epoch, seed=derive_seed(seed, epoch))
+        return
     loader.generator.manual_seed(s)
     loader.sampler.set_epoch(epoch)
     loader.dataset.rng = np.random.default_rng(s)
@@ -634,6 +690,9 @@ def fit(params: Params, paths: TrainPaths, resume: bool = False, env: DistEnv | 
                            + ([paths.class_weights] if cfg.use_class_weights else []))
     start = _load_state(paths.state, trainer, stopper, cfg, version) if resume else 0
     live = open_live(paths.live_dir, resume) if env.is_main else None
+    if env.is_main:
+        log.info("precision: %s (%s)", trainer.precision.name, trainer.precision.reason)
+        live.summary["precision"] = trainer.precision.name
     epochs_run = 0
     for epoch in range(start, cfg.epochs):
         if stopper.should_stop:
@@ -667,6 +726,7 @@ def fit(params: Params, paths: TrainPaths, resume: bool = False, env: DistEnv | 
     if not paths.best.is_file():
         raise EmorecError(f"no best checkpoint at {paths.best}; train without --resume")
     return {"epochs_run": epochs_run, "start_epoch": start, "best_epoch": stopper.best_epoch,
+            "precision": trainer.precision.name,
             "best_val_macro_f1": stopper.best, "stopped_early": stopper.should_stop}
 
 

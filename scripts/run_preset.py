@@ -1,0 +1,48 @@
+"""Run a named experiment preset: ``presets/<name>.yaml`` overrides as one ``dvc exp run``.
+
+    python scripts/run_preset.py fer2013-cpu            # runs the experiment in the workspace
+    python scripts/run_preset.py fer2013-cpu --print    # only print the dvc command
+
+A preset is a flat mapping of dotted params.yaml keys to values; each becomes ``-S key=value``,
+so `dvc exp show` lists the run by name beside every other experiment, with its params.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+PRESETS = Path(__file__).resolve().parents[1] / "presets"
+
+
+def dvc_command(name: str, extra: list[str]) -> list[str]:
+    path = PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+        raise SystemExit(f"error: no preset {name!r} in {PRESETS} (known: {known})")
+    overrides = yaml.safe_load(path.read_text()) or {}
+    cmd = ["dvc", "exp", "run", "--name", name, *extra]
+    for key, value in overrides.items():
+        # DVC parses -S values as YAML; flow style keeps integer keys (FER codes) integers
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+        cmd += ["-S", f"{key}={text.removesuffix('...').strip()}"]
+    return cmd
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", help="preset file name without .yaml (see presets/)")
+    parser.add_argument("--print", action="store_true", help="print the command, run nothing")
+    args, extra = parser.parse_known_args()
+    cmd = dvc_command(args.name, extra)
+    print(shlex.join(cmd), flush=True)
+    return 0 if args.print else subprocess.call(cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
