@@ -1,4 +1,7 @@
-"""Evaluate stage: score the best checkpoint on the test split (metrics JSON, DVC plots, PNGs)."""
+"""Evaluate stage: score the best checkpoint on the test split (metrics JSON, DVC plots, PNGs).
+
+Also fits temperature scaling on the val split and reports calibration before/after on test.
+"""
 
 from __future__ import annotations
 
@@ -15,17 +18,23 @@ def build_parser():
                         help="checkpoint written by the train stage")
     parser.add_argument("--split-csv", type=Path, default=Path("data/processed/test.csv"),
                         help="split to score")
+    parser.add_argument("--val-csv", type=Path, default=Path("data/processed/val.csv"),
+                        help="split the temperature is fitted on")
+    parser.add_argument("--calibration", type=Path,
+                        default=Path("reports/metrics/calibration.json"),
+                        help="temperature, ECE/NLL/Brier before and after (read by export)")
     parser.add_argument("--metrics", type=Path, default=Path("reports/metrics/test.json"),
                         help="accuracy, macro-F1 and per-class precision/recall/F1")
     parser.add_argument("--plots-dir", type=Path, default=Path("reports/evaluate"),
-                        help="confusion.csv, per_class_f1.csv, confusion.png, worst.png")
+                        help="confusion.csv, per_class_f1.csv, reliability.csv, PNGs")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
 def main(params, args) -> None:
     evaluate_checkpoint(params, args.model, args.split_csv, args.metrics, args.plots_dir,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, val_csv=args.val_csv,
+                        calibration_path=args.calibration)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,15 @@ from pathlib import Path
 
 from emorec.cli import run_stage, stage_parser
 from emorec.config import Params
-from emorec.export import ExportSettings, check_parity, export_model
+from emorec.export import ExportSettings, check_parity, export_model, read_calibration
 
 log = logging.getLogger("emorec.stages.export")
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
     settings = ExportSettings.from_params(params)
-    report = export_model(args.checkpoint, args.val, args.out, settings, params.classes)
+    report = export_model(args.checkpoint, args.val, args.out, settings, params.classes,
+                          calibration=read_calibration(args.calibration))
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=2) + "\n")
     p = report["parity"]
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trained checkpoint (train stage)")
     parser.add_argument("--val", type=Path, default=Path("data/processed/val.csv"),
                         help="validation split used for the parity batch")
+    parser.add_argument("--calibration", type=Path,
+                        default=Path("reports/metrics/calibration.json"),
+                        help="evaluate stage report whose temperature goes into the metadata")
     parser.add_argument("--out", type=Path, default=Path("models/model.onnx"),
                         help="ONNX model to write")
     parser.add_argument("--report", type=Path, default=Path("reports/export.json"),

@@ -58,9 +58,21 @@ def test_evaluate_stage_writes_metrics_and_plots(trained):
     assert metrics["n_misclassified"] == int((confusion["actual"] != confusion["predicted"]).sum())
     f1 = pd.read_csv(plots / "per_class_f1.csv").set_index("class")["f1"]
     assert f1.to_dict() == pytest.approx({c: metrics["per_class"][c]["f1"] for c in CLASSES})
-    for png in ("confusion.png", "worst.png"):
+    for png in ("confusion.png", "worst.png", "reliability.png"):
         with Image.open(plots / png) as img:
             assert img.format == "PNG" and min(img.size) > 100
+
+    calibration = json.loads((root / "reports/metrics/calibration.json").read_text())
+    assert calibration["temperature"] > 0 and calibration["bins"] == 15
+    assert calibration["fit"] == {**calibration["fit"], "split": "val", "n_images": 24}
+    assert calibration["fit"]["nll_after"] <= calibration["fit"]["nll_before"] + 1e-9
+    for when in ("before", "after"):
+        scores = calibration["test"][when]
+        assert set(scores) == {"ece", "nll", "brier", "accuracy", "mean_confidence"}
+        assert scores["accuracy"] == pytest.approx(metrics["accuracy"])  # T never flips a label
+    reliability = pd.read_csv(plots / "reliability.csv")
+    assert len(reliability) == 15
+    assert reliability["count_before"].sum() == reliability["count_after"].sum() == 24
 
 
 def test_evaluate_rejects_a_model_for_other_classes(trained, tmp_path):
@@ -103,18 +115,21 @@ def test_dvc_renders_the_declared_plots_and_metrics(trained, tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     dvc("init", "-q")
     shown = json.loads(dvc("plots", "show", "--json", "reports/evaluate/confusion.csv",
-                           "reports/evaluate/per_class_f1.csv", "train_loss", "train_macro_f1"))
+                           "reports/evaluate/per_class_f1.csv", "train_loss", "train_macro_f1",
+                           "reports/evaluate/reliability.csv", "calibration_reliability"))
     assert not shown.get("errors")
     rendered = shown["data"]
     confusion = json.dumps(rendered["reports/evaluate/confusion.csv"][0])
     assert '"mark": "rect"' in confusion and '"field": "actual"' in confusion  # confusion template
     assert "xy_count" in confusion
-    for name in ("reports/evaluate/per_class_f1.csv", "train_loss", "train_macro_f1"):
+    for name in ("reports/evaluate/per_class_f1.csv", "train_loss", "train_macro_f1",
+                 "reports/evaluate/reliability.csv", "calibration_reliability"):
         assert rendered[name][0]["type"] == "vega"
         assert rendered[name][0]["content"]["data"]["values"], name
     metrics = json.loads(dvc("metrics", "show", "--json"))
     flat = json.dumps(metrics)
     assert "reports/metrics/test.json" in flat and "macro_f1" in flat
+    assert "reports/metrics/calibration.json" in flat and "temperature" in flat
     assert "reports/train/metrics.json" in flat
 
 
@@ -144,3 +159,56 @@ def test_readme_metrics_section_is_rendered_from_reports(trained, tmp_path):
     assert f"| Test macro-F1 | {test['macro_f1']:.3f} |" in text
     assert "| angry |" in text and "old" not in text
     assert text.startswith("# Title\n\n<!-- metrics:start -->\n") and text.endswith("\n\nmore\n")
+
+
+# -- calibration math (emorec.calibration) ------------------------------------------------------
+
+
+def _sampled(n: int, temperature: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits whose labels are drawn from softmax(logits / temperature): true T is known."""
+    from emorec.calibration import scaled_probabilities
+
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, (n, 4))
+    probs = scaled_probabilities(logits, temperature)
+    labels = np.array([rng.choice(4, p=row) for row in probs])
+    return logits, labels
+
+
+def test_fit_temperature_recovers_the_true_temperature():
+    from emorec.calibration import fit_temperature, nll
+
+    logits, labels = _sampled(4000, 2.0)
+    t = fit_temperature(logits, labels)
+    assert t == pytest.approx(2.0, rel=0.1)
+    assert nll(logits, labels, t) < nll(logits, labels, 1.0)
+    assert fit_temperature(np.zeros((0, 4)), np.zeros(0, int)) == 1.0
+
+
+def test_calibrate_lowers_ece_and_nll_of_an_overconfident_model():
+    from emorec.calibration import calibrate
+
+    val_logits, val_labels = _sampled(3000, 2.5, seed=1)
+    test_logits, test_labels = _sampled(3000, 2.5, seed=2)
+    result = calibrate(val_logits, val_labels, test_logits, test_labels)
+    before, after = result.report["test"]["before"], result.report["test"]["after"]
+    assert result.temperature > 1.5
+    assert after["ece"] < before["ece"] and after["ece"] < 0.03
+    assert after["nll"] < before["nll"] and after["brier"] < before["brier"]
+    assert after["accuracy"] == before["accuracy"]
+    assert list(result.reliability.columns[:5]) == ["bin", "lower", "upper", "center", "ideal"]
+
+
+def test_ece_and_reliability_bins_by_hand():
+    from emorec.calibration import expected_calibration_error, reliability_bins
+
+    # two bins: (0, .5] holds none (top-1 >= 1/2 for 2 classes); (.5, 1] holds all four
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 1, 0, 1])  # 3 of 4 right, mean confidence 0.75
+    table = reliability_bins(probs, labels, n_bins=2)
+    assert table["count"].tolist() == [0, 4]
+    assert table.loc[1, "accuracy"] == pytest.approx(0.75)
+    assert table.loc[1, "confidence"] == pytest.approx(0.75)
+    assert expected_calibration_error(probs, labels, n_bins=2) == pytest.approx(0.0)
+    assert expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(
+        (abs(1 - 0.9) + abs(0 - 0.8) + abs(1 - 0.6) + abs(1 - 0.7)) / 4)

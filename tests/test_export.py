@@ -14,7 +14,7 @@ from imagesplits import make_split
 from stagerun import STAGES, run_python
 
 from emorec.export import ExportError, ExportSettings, check_parity, export_model
-from emorec.inference import META_CLASSES, META_IMAGE, OnnxClassifier
+from emorec.inference import META_CLASSES, META_IMAGE, META_TEMPERATURE, OnnxClassifier
 from emorec.models import load_checkpoint
 
 
@@ -89,6 +89,36 @@ def test_parity_gate_message():
         check_parity(report)
 
 
+def test_temperature_from_calibration_goes_into_metadata_and_probabilities(
+        tiny_checkpoint, split_dir, params, tmp_path):
+    """The evaluate stage's temperature travels in the file; consumers apply it."""
+    from emorec.mobile import MobileSettings, client_config
+
+    root, csvs = split_dir
+    out = tmp_path / "model.onnx"
+    report = export_model(tiny_checkpoint, csvs["val"], out, ExportSettings.from_params(params),
+                          params.classes, root=root, calibration={"temperature": 2.5})
+    assert report["parity"]["passed"] and report["temperature"] == 2.5
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert float(meta[META_TEMPERATURE]) == 2.5
+
+    clf = OnnxClassifier(out)
+    x = np.random.default_rng(0).normal(size=(4, 1, 32, 32)).astype(np.float32)
+    logits = clf.logits(x).astype(np.float64)
+    expected = np.exp(logits / 2.5) / np.exp(logits / 2.5).sum(1, keepdims=True)
+    np.testing.assert_allclose(clf.probabilities(x), expected, atol=1e-6)
+    raw = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(clf.probabilities(x, calibrated=False), raw, atol=1e-6)
+    assert clf.info()["temperature"] == 2.5
+    # the phone app reads the same temperature from config.json
+    assert client_config(clf, MobileSettings.from_params(params))["temperature"] == 2.5
+
+
+def test_model_without_temperature_uses_plain_softmax(tiny_onnx):
+    clf = OnnxClassifier(tiny_onnx["fp32"])
+    assert META_TEMPERATURE not in clf.metadata and clf.temperature == 1.0
+
+
 def _stage_repo(tmp_path: Path, params_raw: dict) -> Path:
     """A working directory laid out like the repo for running stages/export.py."""
     make_split(tmp_path, params_raw["classes"], {"val": 6})
@@ -101,10 +131,17 @@ def test_stage_script_writes_report_and_fails_clearly_on_parity(tiny_checkpoint,
     repo = _stage_repo(tmp_path, params_raw)
     args = [str(STAGES / "export.py"), "--checkpoint",
             str(tiny_checkpoint), "--val", "val.csv", "--out", "m/model.onnx",
-            "--report", "r/export.json"]
+            "--report", "r/export.json", "--calibration", "calibration.json"]
+    missing = run_python(args, cwd=repo)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1] == (
+        "error: calibration report not found: calibration.json (run `dvc repro evaluate`)")
+
+    (repo / "calibration.json").write_text(json.dumps({"temperature": 1.7}))
     ok = run_python(args, cwd=repo)
     assert ok.returncode == 0, ok.stderr
     assert json.loads((repo / "r" / "export.json").read_text())["parity"]["passed"]
+    assert OnnxClassifier(repo / "m" / "model.onnx").temperature == 1.7
 
     # A tolerance no float computation can meet with non-zero differences -> one-line failure.
     params_raw["export"]["parity_atol"] = 0.0

@@ -29,7 +29,7 @@ async function fetchJson(url) {
   return response.json();
 }
 
-/** config.json + label_map.json -> {size, mean, std, classes, crop, margin, modelUrl}. */
+/** config.json + label_map.json -> {size, mean, std, classes, crop, margin, modelUrl, ...}. */
 async function loadConfig() {
   const config = await fetchJson(new URL('config.json', modelBase));
   const labelMap = await fetchJson(new URL(config.label_map || 'label_map.json', modelBase));
@@ -47,6 +47,8 @@ async function loadConfig() {
     margin: config.crop.face_margin,
     modelUrl: new URL(config.model, modelBase),
     inputName: config.input_name,
+    // Calibration temperature fitted on val (ONNX metadata emorec.temperature); 1 = plain softmax.
+    temperature: config.temperature > 0 ? config.temperature : 1,
   };
 }
 
@@ -93,9 +95,11 @@ function readPixels(bitmap, region) {
   return ctx.getImageData(0, 0, region.width, region.height).data;
 }
 
-function softmax(logits) {
-  const max = Math.max(...logits);
-  const exps = Array.from(logits, (v) => Math.exp(v - max));
+/** softmax(logits / temperature), as emorec.inference.OnnxClassifier.probabilities. */
+function softmax(logits, temperature = 1) {
+  const scaled = Array.from(logits, (v) => v / temperature);
+  const max = Math.max(...scaled);
+  const exps = scaled.map((v) => Math.exp(v - max));
   const sum = exps.reduce((a, b) => a + b, 0);
   return exps.map((v) => v / sum);
 }
@@ -143,7 +147,7 @@ async function classifyBitmap(app, bitmap) {
   const feeds = { [app.inputName]: new ort.Tensor('float32', input.data, input.dims) };
   const output = await app.session.run(feeds);
   const logits = Array.from(output[app.outputName].data);
-  const probs = softmax(logits);
+  const probs = softmax(logits, app.config.temperature);
   const best = probs.indexOf(Math.max(...probs));
   seq += 1;
   const result = {

@@ -4,11 +4,15 @@ The evaluate stage writes the test metrics (``classification_metrics`` shape) as
 file, the per-sample ``actual,predicted`` table that DVC's ``confusion`` template renders, the
 per-class F1 table for a bar plot, a confusion-matrix PNG and a grid of the most confident
 mistakes, which is usually the quickest way to spot label noise or a preprocessing bug.
+
+Given the validation split too, it fits a temperature on the val logits (``emorec.calibration``)
+and reports calibration on test before/after (``reports/metrics/calibration.json``, the
+reliability table and PNG). The export stage carries that temperature into the ONNX metadata,
+so the service and the phone show calibrated probabilities.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from pathlib import Path
@@ -23,24 +27,19 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from emorec.calibration import CalibrationResult, calibrate
 from emorec.config import Params
 from emorec.data import FaceDataset
 from emorec.errors import DataError
 from emorec.metrics import classification_metrics, confusion
 from emorec.models import device as default_device
 from emorec.models import load_checkpoint
-from emorec.plots import confusion_matrix_png, image_grid_png
+from emorec.plots import confusion_matrix_png, image_grid_png, save_figure
+from emorec.precision import autocast
 from emorec.splits import check_images_exist, read_split
 from emorec.transforms import Preprocess
 
 log = logging.getLogger(__name__)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for ``device``; ``dtype=None`` means full float32."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 @torch.no_grad()
@@ -90,21 +89,79 @@ def write_plot_tables(y_true: np.ndarray, y_pred: np.ndarray, metrics: dict[str,
         plots_dir / "per_class_f1.csv", index=False)
 
 
+def split_loader(params: Params, split_csv: str | Path, classes: list[str], pre: Preprocess,
+                 root: str | Path) -> tuple[FaceDataset, DataLoader]:
+    """The images of one split CSV, in file order, batched for scoring."""
+    dataset = FaceDataset(read_split(split_csv, classes), classes, pre, root=root)
+    check_images_exist(dataset.paths, split_csv)
+    loader = DataLoader(dataset, batch_size=params.integer("evaluate.batch_size", low=1),
+                        shuffle=False, num_workers=params.integer("train.num_workers", low=0))
+    return dataset, loader
+
+
+def reliability_png(result: CalibrationResult, path: Path) -> Path:
+    """Reliability diagram before/after temperature scaling, beside the risk-coverage curve."""
+    from matplotlib.figure import Figure
+
+    table, report = result.reliability, result.report
+    fig = Figure(figsize=(10, 4.2))
+    ax, rc = fig.subplots(1, 2)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    for name, style in (("before", "o-"), ("after", "s-")):
+        scores = report["test"][name]
+        label = (f"{name} (T={result.temperature:.2f})" if name == "after" else name)
+        ax.plot(table[f"confidence_{name}"], table[f"accuracy_{name}"], style,
+                label=f"{label}: ECE {scores['ece']:.3f}")
+    ax.set(xlabel="confidence (top-1 probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"Reliability on test ({report['bins']} bins)")
+    ax.legend(loc="upper left", fontsize=8)
+    curve = result.risk_coverage
+    rc.plot(curve["coverage"], curve["accuracy"], "-")
+    rc.set(xlabel="coverage (share answered)", ylabel="accuracy of answered",
+           xlim=(0, 1.01), title="Risk-coverage (calibrated, test)")
+    return save_figure(fig, path)
+
+
+def write_calibration(result: CalibrationResult, calibration_path: Path, plots_dir: Path) -> None:
+    """The metrics JSON (with ``temperature`` for the export stage), plot CSV and PNG."""
+    calibration_path.parent.mkdir(parents=True, exist_ok=True)
+    calibration_path.write_text(json.dumps(result.report, indent=2) + "\n")
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    result.reliability.to_csv(plots_dir / "reliability.csv", index=False)
+    reliability_png(result, plots_dir / "reliability.png")
+
+
+def calibrate_on_val(params: Params, model: nn.Module, dev: torch.device, val_csv: str | Path,
+                     classes: list[str], pre: Preprocess, root: str | Path,
+                     test_logits: np.ndarray, test_labels: np.ndarray,
+                     progress: bool) -> CalibrationResult:
+    """Temperature fitted on the val split, scored on the test logits already computed."""
+    _, loader = split_loader(params, val_csv, classes, pre, root)
+    val_logits, val_labels = predict_logits(model, loader, dev, progress=progress,
+                                            desc="calibrate (val)")
+    return calibrate(
+        val_logits, val_labels, test_logits, test_labels,
+        n_bins=params.integer("evaluate.calibration_bins", low=1),
+        coverages=tuple(params.sequence("evaluate.coverages")),
+        threshold_coverage=params.number("evaluate.min_confidence_coverage", low=0.01, high=1))
+
+
 def evaluate_checkpoint(params: Params, model_path: str | Path, split_csv: str | Path,
                         metrics_path: str | Path, plots_dir: str | Path,
-                        root: str | Path = ".", progress: bool = True) -> dict[str, Any]:
-    """Score ``model_path`` on ``split_csv``; write the metrics JSON and plots; return metrics."""
+                        root: str | Path = ".", progress: bool = True,
+                        val_csv: str | Path | None = None,
+                        calibration_path: str | Path | None = None) -> dict[str, Any]:
+    """Score ``model_path`` on ``split_csv``; write the metrics JSON and plots; return metrics.
+
+    With ``val_csv`` and ``calibration_path`` also fit and report temperature scaling.
+    """
     model_path, plots_dir, metrics_path = Path(model_path), Path(plots_dir), Path(metrics_path)
     dev = default_device()
     model, meta = load_checkpoint(model_path, map_location=dev)
     model.to(dev)
     classes = _check_classes(meta["classes"], params, model_path)
     pre = Preprocess.from_meta(meta["image"])
-    frame = read_split(split_csv, classes)
-    dataset = FaceDataset(frame, classes, pre, root=root)
-    check_images_exist(dataset.paths, split_csv)
-    loader = DataLoader(dataset, batch_size=params.integer("evaluate.batch_size", low=1),
-                        shuffle=False, num_workers=params.integer("train.num_workers", low=0))
+    dataset, loader = split_loader(params, split_csv, classes, pre, root)
     logits, y_true = predict_logits(model, loader, dev, progress=progress, desc="evaluate")
     probs = softmax(logits.astype(np.float64), axis=1)
     y_pred = probs.argmax(axis=1)
@@ -134,4 +191,11 @@ def evaluate_checkpoint(params: Params, model_path: str | Path, split_csv: str |
                          f"{metrics['n_misclassified']}; true -> predicted (confidence))")
     log.info("%s: accuracy %.3f, macro-F1 %.3f on %d images", split_csv, metrics["accuracy"],
              metrics["macro_f1"], len(dataset))
+    if val_csv is not None and calibration_path is not None:
+        result = calibrate_on_val(params, model, dev, val_csv, classes, pre, root, logits, y_true,
+                                  progress)
+        write_calibration(result, Path(calibration_path), plots_dir)
+        after, before = result.report["test"]["after"], result.report["test"]["before"]
+        log.info("temperature %.3f: test ECE %.3f -> %.3f, NLL %.3f -> %.3f",
+                 result.temperature, before["ece"], after["ece"], before["nll"], after["nll"])
     return metrics

@@ -8,7 +8,9 @@ Why the pieces exist:
 * **Dynamic batch axis** - the service batches requests adaptively and the quantize stage
   benchmarks batch 1 and 32 with the same file.
 * **Metadata** - class names and preprocessing travel inside the model, so no consumer can pair
-  a model with the wrong label map or normalisation.
+  a model with the wrong label map or normalisation. So does the softmax temperature the
+  evaluate stage fitted on val (``reports/metrics/calibration.json``): every consumer then shows
+  the same calibrated probabilities.
 * **Parity** - an exporter bug (or an unsupported op silently approximated) shows up as a
   difference in probabilities on real validation images; the stage refuses such a model.
 """
@@ -37,6 +39,7 @@ from emorec.inference import (
     INPUT_NAME,
     META_CLASSES,
     META_IMAGE,
+    META_TEMPERATURE,
     OUTPUT_NAME,
     OnnxClassifier,
     add_metadata,
@@ -134,10 +137,33 @@ def export_with_fallback(model: nn.Module, example: torch.Tensor, path: Path, op
     raise ExportError(f"ONNX export failed for every opset in export.opsets ({tried})")
 
 
-def model_metadata(ckpt_meta: dict[str, Any], opset: int, dynamo: bool) -> dict[str, str]:
+def read_calibration(path: Path) -> dict[str, Any]:
+    """The evaluate stage's calibration report; its ``temperature`` must be a positive number."""
+    if not path.is_file():
+        raise ExportError(f"calibration report not found: {path} (run `dvc repro evaluate`)")
+    try:
+        report = json.loads(path.read_text())
+        temperature = float(report["temperature"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ExportError(f"{path}: no usable 'temperature' ({err}); re-run evaluate") from err
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise ExportError(f"{path}: 'temperature' must be positive, got {temperature}")
+    return report
+
+
+def calibration_metadata(calibration: dict[str, Any] | None) -> dict[str, str]:
+    """ONNX metadata entries taken from the calibration report (none without one)."""
+    if calibration is None:
+        return {}
+    return {META_TEMPERATURE: repr(float(calibration["temperature"]))}
+
+
+def model_metadata(ckpt_meta: dict[str, Any], opset: int, dynamo: bool,
+                   calibration: dict[str, Any] | None = None) -> dict[str, str]:
     """What a consumer needs to use the model, as ONNX string metadata."""
     image = ckpt_meta["image"]
     return {
+        **calibration_metadata(calibration),
         META_CLASSES: json.dumps(list(ckpt_meta["classes"])),
         META_IMAGE: json.dumps({"size": int(image["size"]), "mean": float(image["mean"]),
                                 "std": float(image["std"])}),
@@ -147,7 +173,8 @@ def model_metadata(ckpt_meta: dict[str, Any], opset: int, dynamo: bool) -> dict[
         "emorec.exporter": "dynamo" if dynamo else "torchscript",
         "emorec.version": __version__,
         "emorec.input_layout": "NCHW float32 [N,1,size,size], (pixel/255-mean)/std, grayscale",
-        "emorec.output": "logits [N, classes]; apply softmax for probabilities",
+        "emorec.output": (f"logits [N, classes]; probabilities = softmax(logits / "
+                          f"{META_TEMPERATURE}) (1 when absent)"),
     }
 
 
@@ -173,8 +200,11 @@ def parity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
 
 
 def export_model(checkpoint: Path, val_csv: Path, onnx_path: Path, settings: ExportSettings,
-                 classes: list[str], root: Path = Path(".")) -> dict[str, Any]:
+                 classes: list[str], root: Path = Path("."),
+                 calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Export, check and compare; returns the report. Raises :class:`ExportError` on bad parity.
+
+    ``calibration`` (the evaluate stage's report) puts its temperature into the metadata.
 
     The ONNX file is written even when parity fails, so it can be inspected; DVC does not
     commit outputs of a failed stage.
@@ -196,7 +226,7 @@ def export_model(checkpoint: Path, val_csv: Path, onnx_path: Path, settings: Exp
         example = torch.from_numpy(np.concatenate([batch, batch])[:2])
         result = export_with_fallback(model, example, raw_path, settings.opsets, settings.dynamo)
         proto = onnx.load(str(raw_path))
-    add_metadata(proto, model_metadata(meta, result.opset, settings.dynamo))
+    add_metadata(proto, model_metadata(meta, result.opset, settings.dynamo, calibration))
     onnx.save(proto, str(onnx_path))
     try:
         onnx.checker.check_model(str(onnx_path), full_check=True)
@@ -205,9 +235,10 @@ def export_model(checkpoint: Path, val_csv: Path, onnx_path: Path, settings: Exp
 
     session = OnnxClassifier(onnx_path, execution_providers=["CPUExecutionProvider"])
     reference = batched_probabilities(model, batch, batch_size=len(batch))
-    stats = parity(reference, session.probabilities(batch))
+    # Parity is about the graph, so both sides use the plain softmax (temperature 1).
+    stats = parity(reference, session.probabilities(batch, calibrated=False))
     # The dynamic axis must really be dynamic: a single image gives the same answer.
-    single = parity(reference[:1], session.probabilities(batch[:1]))
+    single = parity(reference[:1], session.probabilities(batch[:1], calibrated=False))
     passed = (stats["max_abs_diff"] <= settings.parity_atol
               and single["max_abs_diff"] <= settings.parity_atol
               and stats["top1_agreement"] >= settings.min_top1_agreement)
@@ -222,6 +253,7 @@ def export_model(checkpoint: Path, val_csv: Path, onnx_path: Path, settings: Exp
         "classes": classes,
         "image": {"size": pre.size, "mean": pre.mean, "std": pre.std},
         "checker": "passed",
+        "temperature": session.temperature,
         "parity": {**stats, "batch1_max_abs_diff": single["max_abs_diff"],
                    "atol": settings.parity_atol,
                    "min_top1_agreement": settings.min_top1_agreement, "passed": bool(passed)},

@@ -28,6 +28,8 @@ from emorec.transforms import Preprocess
 #: Keys of the ONNX ``metadata_props`` written by :func:`add_metadata`.
 META_CLASSES = "emorec.classes"
 META_IMAGE = "emorec.image"
+#: Softmax temperature fitted on val by the evaluate stage; probabilities = softmax(logits / T).
+META_TEMPERATURE = "emorec.temperature"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -74,6 +76,21 @@ def read_metadata(session: ort.InferenceSession, path: Path) -> tuple[list[str],
     return classes, Preprocess.from_meta(image)
 
 
+def read_temperature(props: dict[str, str], path: Path) -> float:
+    """The calibration temperature stored with the model; 1.0 (plain softmax) when absent."""
+    raw = props.get(META_TEMPERATURE)
+    if raw is None:
+        return 1.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value) or value <= 0:
+        raise ModelFileError(f"{path}: metadata '{META_TEMPERATURE}' must be a positive number, "
+                             f"got {raw!r}; re-run the export stage")
+    return value
+
+
 def add_metadata(model_proto: Any, meta: dict[str, str]) -> None:
     """Replace an ``onnx.ModelProto``'s ``metadata_props`` with ``meta`` (keys sorted)."""
     import onnx
@@ -100,15 +117,22 @@ class OnnxClassifier:
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.temperature = read_temperature(self.metadata, self.path)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw scores ``[N, C]`` for a preprocessed float32 batch ``[N, 1, S, S]``."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities ``[N, C]`` for a preprocessed batch."""
-        return softmax(self.logits(batch).astype(np.float64), axis=1).astype(np.float32)
+    def probabilities(self, batch: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """Softmax probabilities ``[N, C]`` for a preprocessed batch.
+
+        ``calibrated`` divides the logits by the model's temperature first, so a confidence of
+        0.9 means right about nine times in ten on data like val; ``False`` gives the plain
+        softmax (what PyTorch computes, for parity checks). The top-1 class is the same.
+        """
+        scale = self.temperature if calibrated else 1.0
+        return softmax(self.logits(batch).astype(np.float64) / scale, axis=1).astype(np.float32)
 
     def predict_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Probabilities for PIL images of any size and mode (preprocessed here)."""
@@ -127,6 +151,7 @@ class OnnxClassifier:
             "image": {"size": self.preprocess.size, "mean": self.preprocess.mean,
                       "std": self.preprocess.std},
             "providers": self.session.get_providers(),
+            "temperature": self.temperature,
             "metadata": {k: v for k, v in self.metadata.items()
                          if k not in (META_CLASSES, META_IMAGE)},
         }

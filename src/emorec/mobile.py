@@ -1,10 +1,11 @@
 """Assets for the on-device web client in ``mobile/``: the INT8 model and what it needs to be used.
 
-The browser app reads ``config.json`` (input name, classes, preprocessing, crop settings) and
-``label_map.json`` next to the model, so the client never hard-codes anything the pipeline
-decides. Before copying, the model's own metadata (written by the export stage) is checked
-against the label map and params.yaml: a stale model paired with a new label map would otherwise
-give confidently wrong labels on every phone.
+The browser app reads ``config.json`` (input name, classes, preprocessing, crop settings, the
+softmax temperature from the model's metadata) and ``label_map.json`` next to the model, so the
+client never hard-codes anything the pipeline decides and shows the same calibrated
+probabilities as the service. Before copying, the model's own metadata (written by the export
+stage) is checked against the label map and params.yaml: a stale model paired with a new label
+map would otherwise give confidently wrong labels on every phone.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def client_config(model: OnnxClassifier, settings: MobileSettings) -> dict[str, 
         "classes": model.classes,
         "image": {"size": pre.size, "mean": pre.mean, "std": pre.std},
         "crop": {"mode": settings.crop, "face_margin": settings.face_margin},
+        # probabilities = softmax(logits / temperature), as OnnxClassifier.probabilities
+        "temperature": model.temperature,
     }
 
 
