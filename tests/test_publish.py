@@ -1,0 +1,121 @@
+"""Model card (stage model_card) and `python -m emorec.publish`, offline: dry runs only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+from stagerun import STAGES, run_python
+
+from emorec.calibration import calibrate
+from emorec.config import Params
+from emorec.publish import (
+    PUBLISHED_FILES,
+    CardInputs,
+    PublishError,
+    main,
+    publish,
+    write_model_card,
+)
+
+TEST_METRICS = {"accuracy": 0.8, "macro_f1": 0.75, "n_images": 40,
+                "per_class": {"angry": {"precision": 0.7, "recall": 0.8, "f1": 0.75,
+                                        "support": 7}}}
+FER2013 = {"accuracy": 0.712, "macro_f1": 0.701, "notes": "PrivateTest, 7 classes"}
+
+
+def _calibration_report() -> dict:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (200, 6))
+    labels = logits.argmax(1)
+    return calibrate(logits, labels, logits, labels).report
+
+
+@pytest.fixture
+def models_dir(tiny_onnx, params, tmp_path) -> Path:
+    """Small fake model files: the tiny FP32 model stands in for all three formats."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for name in ("model.onnx", "model.int8.onnx"):
+        shutil.copyfile(tiny_onnx["fp32"], folder / name)
+    (folder / "model.int8.ort").write_bytes(b"ORT fake bytes")
+    (folder / "label_map.json").write_text(json.dumps({c: i for i, c in
+                                                       enumerate(params.classes)}))
+    return folder
+
+
+def _card(params: Params, folder: Path, fer2013: dict | None = None) -> Path:
+    inputs = CardInputs(test=TEST_METRICS, calibration=_calibration_report(), fer2013=fer2013)
+    return write_model_card(params, inputs, folder / "README.md", repo_id="me/emorec")
+
+
+def test_dry_run_assembles_exactly_the_published_files(models_dir, params, tmp_path):
+    card = _card(params, models_dir)
+    out = publish("me/emorec", models_dir, card, models_dir / "label_map.json",
+                  dry_run=tmp_path / "upload", env={})
+    assert sorted(p.name for p in out.iterdir()) == sorted(PUBLISHED_FILES)
+    for name in PUBLISHED_FILES:
+        assert (out / name).read_bytes() == (models_dir / name).read_bytes()
+
+    loaded = ModelCard.load(out / "README.md")  # a local file: no network
+    data = loaded.data
+    assert data.license == "mit" and data.library_name == "onnx"
+    assert data.pipeline_tag == "image-classification" and "onnx" in data.tags
+    results = {(r.dataset_type, r.metric_type): r.metric_value for r in data.eval_results}
+    assert results == {("emorec-demo", "accuracy"): 0.8, ("emorec-demo", "f1"): 0.75}
+    text = loaded.text
+    for section in ("## Data", "## Metrics", "## Calibration", "## Intended use",
+                    "## Limitations", "## Known biases of FER-style data"):
+        assert section in text
+    assert "reports/fer2013.json` absent" in text and "T = " in text
+
+
+def test_card_carries_fer2013_figures_when_the_report_exists(models_dir, params):
+    loaded = ModelCard.load(_card(params, models_dir, fer2013=FER2013))
+    results = {(r.dataset_type, r.metric_type): r.metric_value for r in loaded.data.eval_results}
+    assert results[("fer2013", "accuracy")] == 0.712 and results[("fer2013", "f1")] == 0.701
+    assert "PrivateTest, 7 classes" in loaded.text and "absent" not in loaded.text
+
+
+def test_publish_refuses_missing_files_bad_ids_and_a_missing_token(models_dir, params):
+    card = _card(params, models_dir)
+    label_map = models_dir / "label_map.json"
+    with pytest.raises(PublishError, match="USER/NAME"):
+        publish("no-slash", models_dir, card, label_map, env={})
+    with pytest.raises(PublishError, match="HF_TOKEN"):  # checked before any network call
+        publish("me/emorec", models_dir, card, label_map, env={})
+    (models_dir / "model.int8.ort").unlink()
+    with pytest.raises(PublishError, match="missing: .*model.int8.ort"):
+        publish("me/emorec", models_dir, card, label_map, dry_run=models_dir / "x", env={})
+
+
+def test_cli_dry_run_and_clean_error(models_dir, params, tmp_path, capsys):
+    card = _card(params, models_dir)
+    args = ["--repo-id", "me/emorec", "--models-dir", str(models_dir), "--card", str(card),
+            "--label-map", str(models_dir / "label_map.json")]
+    assert main([*args, "--dry-run", str(tmp_path / "dry")]) == 0
+    assert sorted(p.name for p in (tmp_path / "dry").iterdir()) == sorted(PUBLISHED_FILES)
+    assert main([*args[:1], "bad", *args[2:], "--dry-run", str(tmp_path / "d2")]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --repo-id must look like")
+
+
+def test_model_card_stage_writes_the_card_without_fer2013(params_raw, tmp_path):
+    reports = tmp_path / "reports"
+    (reports / "metrics").mkdir(parents=True)
+    (reports / "metrics" / "test.json").write_text(json.dumps(TEST_METRICS))
+    (reports / "metrics" / "calibration.json").write_text(json.dumps(_calibration_report()))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw))
+    proc = run_python([str(STAGES / "model_card.py")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    card = ModelCard.load(tmp_path / "models" / "README.md")
+    assert card.data.model_name == f"emorec-{params_raw['train']['model']}"
+    assert "No FER2013 figures yet" in card.text
+
+    (reports / "metrics" / "test.json").unlink()
+    missing = run_python([str(STAGES / "model_card.py")], cwd=tmp_path)
+    assert missing.returncode == 2 and "report not found" in missing.stderr
