@@ -28,6 +28,10 @@ def main(params: Params, args: argparse.Namespace) -> None:
     log.info("INT8 / eager latency at batch 1: %.3f (target <= %.2f, met: %s)",
              t["int8_vs_eager_latency_ratio_batch_1"] or float("nan"), t["max_latency_ratio"],
              t["latency_target_met"])
+    cpu, check = report["cpu"], report["kernel_check"]
+    log.info("CPU %s (%s cores, int8 dot product: %s); fused INT8 kernels vs reference: top-1 "
+             "agreement %.3f, max prob diff %.4f", cpu["model_name"], cpu["logical_cores"],
+             cpu["int8_dot_product"], check["top1_agreement"], check["max_abs_prob_diff"])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import platform
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +15,25 @@ import onnx
 import pytest
 import yaml
 from imagesplits import make_split
+from onnx import numpy_helper
 from stagerun import STAGES, run_python
 
 from emorec.config import Params
+from emorec.errors import ParamsError
 from emorec.inference import META_CLASSES, META_IMAGE, OnnxClassifier
-from emorec.quantize import QuantizeSettings, run_quantize
+from emorec.quantize import (
+    QuantizeSettings,
+    calibration_images,
+    cpu_kernels,
+    quantize_model,
+    run_quantize,
+)
+
+# x86 without VNNI sums pairs of uint8 x int8 products in a saturating int16 (VPMADDUBSW).
+INT16_MAX = 32767
+# qemu's model of a Haswell CPU: AVX2, no AVX-512, no VNNI (the "noTSX" variant runs under TCG).
+NO_VNNI_CPU = "Haswell-noTSX"
+QEMU = shutil.which("qemu-x86_64")
 
 
 def small_params(raw: dict) -> dict:
@@ -56,6 +75,118 @@ def test_int8_model_is_static_qdq_per_channel(quantized):
     assert quantized["int8"].stat().st_size < 0.4 * quantized["fp32"].stat().st_size
 
 
+def int8_weights(path: Path) -> dict[str, np.ndarray]:
+    """The INT8 weight tensors (conv and gemm initialisers) of a quantized model, as integers."""
+    model = onnx.load(str(path))
+    return {i.name: numpy_helper.to_array(i).astype(np.int32) for i in model.graph.initializer
+            if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2}
+
+
+def test_default_weights_are_7_bit_so_no_cpu_saturates(quantized):
+    """params.yaml's default (reduce_range) keeps every weight in [-64, 64].
+
+    Without VNNI, x86 adds two uint8 x int8 products into an int16 that saturates: any pair of
+    7-bit weights times the largest activation (255) still fits, 8-bit ones do not.
+    """
+    assert QuantizeSettings.from_params(quantized["params"]).reduce_range is True
+    weights = int8_weights(quantized["int8"])
+    assert weights
+    for name, w in weights.items():
+        assert np.abs(w).max() <= 64, f"{name} uses 8-bit weights"
+        assert 255 * 2 * np.abs(w).max() <= INT16_MAX
+    meta = json.loads(OnnxClassifier(quantized["int8"]).metadata["emorec.quantization"])
+    assert meta["reduce_range"] is True
+    assert quantized["report"]["calibration"]["reduce_range"] is True
+
+
+def test_reduce_range_false_gives_8_bit_weights(quantized, tmp_path):
+    """The switch reaches onnxruntime's quantizer: off, per-channel weights use all 8 bits."""
+    settings = dataclasses.replace(QuantizeSettings.from_params(quantized["params"]),
+                                   reduce_range=False)
+    int8 = tmp_path / "model.int8.onnx"
+    quantize_model(quantized["fp32"], int8, _calibration(quantized), settings)
+    assert max(np.abs(w).max() for w in int8_weights(int8).values()) == 127
+
+
+@pytest.mark.parametrize("value", [None, "yes", 1])
+def test_reduce_range_must_be_a_boolean(params_raw, value):
+    params_raw["quantize"]["reduce_range"] = value
+    with pytest.raises(ParamsError, match="quantize.reduce_range"):
+        QuantizeSettings.from_params(Params(params_raw))
+
+
+def _calibration(quantized) -> np.ndarray:
+    params = quantized["params"]
+    return calibration_images(quantized["csvs"]["val"], params.classes,
+                              OnnxClassifier(quantized["fp32"]), 16, params.seed,
+                              quantized["root"])
+
+
+_LOGITS_SCRIPT = """
+import sys
+import numpy as np
+import onnxruntime as ort
+x = np.load(sys.argv[1])
+out = {}
+for i, path in enumerate(sys.argv[3:]):
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    out[f"m{i}"] = session.run(None, {session.get_inputs()[0].name: x})[0]
+np.savez(sys.argv[2], **out)
+"""
+
+
+def _logits(models: list[Path], x: np.ndarray, work: Path, cpu: str | None) -> list[np.ndarray]:
+    """Logits of each model from onnxruntime in a subprocess, under qemu emulating ``cpu``."""
+    np.save(work / "x.npy", x)
+    command = [sys.executable, "-c", _LOGITS_SCRIPT, str(work / "x.npy"), str(work / "out.npz"),
+               *map(str, models)]
+    if cpu:
+        command = [QEMU, "-cpu", cpu, *command]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with np.load(work / "out.npz") as out:
+        return [out[f"m{i}"] for i in range(len(models))]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() != "x86_64" or QEMU is None,
+                    reason="needs x86_64 and qemu-user (apt-get install qemu-user) to emulate a "
+                           "CPU without VNNI")
+def test_int8_model_gives_the_same_numbers_on_a_cpu_without_vnni(quantized, tmp_path):
+    """The default INT8 model computes the same logits on a Haswell (AVX2, no VNNI) as here.
+
+    onnxruntime picks its int8 kernels from CPUID, so the no-VNNI path can only be forced by
+    emulating such a CPU. An 8-bit-weight model run alongside proves the emulated CPU really
+    takes the saturating path: its logits move, the 7-bit model's do not.
+    """
+    settings = dataclasses.replace(QuantizeSettings.from_params(quantized["params"]),
+                                   reduce_range=False)
+    calib = _calibration(quantized)
+    eight_bit = tmp_path / "model.8bit.onnx"
+    quantize_model(quantized["fp32"], eight_bit, calib, settings)
+    models = [quantized["int8"], eight_bit]
+    native = _logits(models, calib, tmp_path, cpu=None)
+    emulated = _logits(models, calib, tmp_path, cpu=NO_VNNI_CPU)
+    if cpu_kernels()["int8_dot_product"] == "vnni":
+        assert np.max(np.abs(native[1] - emulated[1])) > 1e-3, "emulation did not saturate"
+    np.testing.assert_allclose(emulated[0], native[0], rtol=0, atol=1e-5)
+
+
+def test_cpu_kernels_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 avx512f\n\n"
+                       "processor\t: 1\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 avx512f\n")
+    info = cpu_kernels(cpuinfo)
+    assert info["model_name"] == "Test CPU"
+    assert info["flags"]["avx2"] and info["flags"]["avx512f"]
+    assert not info["flags"]["avx512_vnni"] and not info["flags"]["avx_vnni"]
+    assert info["int8_dot_product"] == "vpmaddubsw"
+    cpuinfo.write_text("model name\t: V\nflags\t\t: avx2 avx512_vnni\n")
+    assert cpu_kernels(cpuinfo)["int8_dot_product"] == "vnni"
+    unknown = cpu_kernels(tmp_path / "absent")
+    assert unknown["int8_dot_product"] == "unknown" and unknown["flags"]["avx2"] is None
+
+
 def test_metadata_survives_quantization_and_ort_conversion(quantized):
     for path in (quantized["int8"], quantized["ort"]):
         clf = OnnxClassifier(path)
@@ -85,6 +216,14 @@ def test_report_fields(quantized):
         assert report[name]["bytes"] == Path(report[name]["path"]).stat().st_size
     assert report["calibration"]["images"] == 16 and report["calibration"]["format"] == "QDQ"
     assert report["ort"]["top1_agreement_with_int8"] == 1.0
+    cpu = report["cpu"]
+    assert cpu["logical_cores"] >= 1 and cpu["model_name"]
+    assert set(cpu["flags"]) >= {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
+                                 "avx512_bf16"}
+    assert cpu["int8_dot_product"] in ("vnni", "vpmaddubsw", "unknown")
+    check = report["kernel_check"]
+    assert check["n_images"] == 16 and check["top1_agreement"] == 1.0
+    assert check["max_abs_prob_diff"] < 0.02
     for batch in ("batch_1", "batch_32"):
         for backend in ("pytorch_eager", "onnx_fp32", "onnx_int8"):
             timing = report["latency"][batch][backend]

@@ -6,6 +6,15 @@ is what makes small CNNs fast on CPU. ``quant_pre_process`` (shape inference + g
 optimisation) runs first because the quantizer needs known tensor shapes to choose per-channel
 axes and fuses Conv+BN patterns better on an optimised graph.
 
+Weights are quantized to 7 bits by default (``quantize.reduce_range``). x86 CPUs without VNNI
+multiply uint8 activations by int8 weights with VPMADDUBSW, which adds two products into a
+*saturating* int16: 255 * 127 * 2 overflows it, so the same INT8 file gives different, less
+accurate answers there than on VNNI CPUs or in onnxruntime-web's WASM kernels, which sum in 32
+bits. With weights in [-64, 64] the largest pair sum (255 * 64 * 2 = 32640) fits, so every CPU
+and the browser compute the same integers, at the same speed. The report records this machine's
+int8 instruction sets (``cpu``) and checks that its fused INT8 kernels agree with onnxruntime's
+unfused reference (``kernel_check``).
+
 The report compares FP32 and INT8 on the *test* split and times PyTorch eager, ONNX FP32 and ONNX
 INT8 in the same run. The latency/F1 targets are benchmark results recorded as pass/fail fields;
 the stage never fails on them (a slow CI box must not break the pipeline).
@@ -15,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import platform
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -53,6 +65,10 @@ _METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Ent
             "percentile": CalibrationMethod.Percentile}
 _TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 _FORMATS = {"QDQ": QuantFormat.QDQ, "QOperator": QuantFormat.QOperator}
+# /proc/cpuinfo flags that decide which int8 kernels onnxruntime's MLAS picks on x86.
+CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
+# Any of these gives a non-saturating u8*s8 dot product (VPDPBUSD or AMX tiles).
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 class QuantizeError(EmorecError):
@@ -67,6 +83,7 @@ class QuantizeSettings:
     calibration_batch: int
     calibrate_method: str
     per_channel: bool
+    reduce_range: bool
     quant_format: str
     activation_type: str
     weight_type: str
@@ -92,6 +109,7 @@ class QuantizeSettings:
             calibration_batch=q.integer("calibration_batch", low=1),
             calibrate_method=q.choice("calibrate_method", _METHODS),
             per_channel=q.boolean("per_channel"),
+            reduce_range=q.boolean("reduce_range"),
             quant_format=q.choice("format", _FORMATS),
             activation_type=q.choice("activation_type", _TYPES),
             weight_type=q.choice("weight_type", _TYPES),
@@ -156,6 +174,7 @@ def quantize_model(fp32_path: Path, int8_path: Path, calib: np.ndarray,
                 calibration_data_reader=ImageCalibrationReader(calib, settings.calibration_batch),
                 quant_format=_FORMATS[settings.quant_format],
                 per_channel=settings.per_channel,
+                reduce_range=settings.reduce_range,
                 activation_type=_TYPES[settings.activation_type],
                 weight_type=_TYPES[settings.weight_type],
                 calibrate_method=_METHODS[settings.calibrate_method],
@@ -167,9 +186,73 @@ def quantize_model(fp32_path: Path, int8_path: Path, calib: np.ndarray,
     copy_metadata(fp32_path, int8_path, {
         "emorec.quantization": json.dumps({
             "format": settings.quant_format, "per_channel": settings.per_channel,
-            "activation_type": settings.activation_type, "weight_type": settings.weight_type,
+            "reduce_range": settings.reduce_range, "activation_type": settings.activation_type,
+            "weight_type": settings.weight_type,
             "calibrate_method": settings.calibrate_method, "calibration_images": len(calib)}),
     })
+
+
+def cpu_kernels(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
+    """This CPU's model and int8-relevant instruction sets, for the report.
+
+    INT8 latency, and on x86 without VNNI also INT8 accuracy unless weights are 7-bit, depend on
+    which kernels onnxruntime picks, so a report is only comparable with one from a CPU of the
+    same kind. Linux's /proc/cpuinfo is read; elsewhere the flags are reported as unknown (None).
+    """
+    text = cpuinfo.read_text(errors="replace") if cpuinfo.is_file() else ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    flags = set(fields["flags"].split()) if "flags" in fields else None
+    return {
+        "model_name": fields.get("model name") or platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "logical_cores": os.cpu_count(),
+        "flags": {f: (f in flags) if flags is not None else None for f in CPU_FLAGS},
+        "int8_dot_product": _dot_product_kind(flags),
+    }
+
+
+def _dot_product_kind(flags: set[str] | None) -> str:
+    """How u8*s8 products are summed on this CPU: 'vnni' (exact), 'vpmaddubsw' (saturating int16
+    pair sums, safe only with 7-bit weights) or 'unknown' (not x86 Linux)."""
+    if not flags:
+        return "unknown"
+    if any(f in flags for f in VNNI_FLAGS):
+        return "vnni"
+    return "vpmaddubsw" if "avx2" in flags or "avx512bw" in flags else "unknown"
+
+
+def cpu_probabilities(model_path: Path, images: np.ndarray,
+                      level: ort.GraphOptimizationLevel) -> np.ndarray:
+    """Softmax of a model run by onnxruntime's CPU provider at one graph optimisation level."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), sess_options=options,
+                                   providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: images})[0].astype(np.float64)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def kernel_agreement(int8_path: Path, images: np.ndarray) -> dict[str, Any]:
+    """This CPU's fused INT8 kernels vs onnxruntime's unfused reference, on the same images.
+
+    With graph optimisations off, onnxruntime runs each QDQ group as DequantizeLinear -> float
+    op -> QuantizeLinear: the quantized model's arithmetic without int8 kernels. With them on
+    (the default, what serving and the report's metrics use) the groups become int8 kernels of
+    this CPU. Requantisation rounding alone moves probabilities by up to about 0.01 (measured on
+    a tiny random model); saturating kernels (U8S8 with 8-bit weights on a CPU without VNNI) move
+    them several times more and start to change top-1 answers.
+    """
+    reference = cpu_probabilities(int8_path, images, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    fused = cpu_probabilities(int8_path, images, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    return {"n_images": int(len(images)),
+            "max_abs_prob_diff": float(np.max(np.abs(reference - fused))),
+            "top1_agreement": float(np.mean(reference.argmax(1) == fused.argmax(1)))}
 
 
 def convert_to_ort(onnx_path: Path, ort_path: Path) -> None:
@@ -287,6 +370,7 @@ def run_quantize(checkpoint: Path, fp32_path: Path, val_csv: Path, test_csv: Pat
     n_check = min(len(calib), settings.eval_batch)
     ort_agreement = float(np.mean(ort_model.probabilities(calib[:n_check]).argmax(1)
                                   == int8.probabilities(calib[:n_check]).argmax(1)))
+    kernel_check = kernel_agreement(int8_path, calib[:n_check])
     latency = measure_latency(checkpoint, fp32_path, int8_path, calib, settings)
     sizes = {name: path.stat().st_size for name, path in
              (("fp32", fp32_path), ("int8", int8_path), ("ort", ort_path))}
@@ -299,8 +383,11 @@ def run_quantize(checkpoint: Path, fp32_path: Path, val_csv: Path, test_csv: Pat
         "test_images": int(int8_probs.shape[0]),
         "calibration": {"images": int(len(calib)), "method": settings.calibrate_method,
                         "format": settings.quant_format, "per_channel": settings.per_channel,
+                        "reduce_range": settings.reduce_range,
                         "activation_type": settings.activation_type,
                         "weight_type": settings.weight_type},
+        "cpu": cpu_kernels(),
+        "kernel_check": kernel_check,
         "latency": latency,
     }
     report["targets"] = targets(fp32_metrics, int8_metrics, latency, settings)
