@@ -9,6 +9,11 @@ with tables built from ``reports/metrics/test.json`` (evaluate stage),
     python scripts/readme_metrics.py --check    # exit 1 if README.md is out of date (CI)
     python scripts/readme_metrics.py --print    # only print the section
 
+``--check`` compares the README and the reports *as committed* (``git show HEAD:<path>``), not
+the working tree: ``make repro`` on another CPU rewrites reports/ with slightly different
+figures, and that local re-run must not make ``make test`` fail. Outside a git checkout (a
+source archive, a test's temporary folder) it reads the working tree.
+
 Standalone on purpose: no torch, no emorec import, so it runs anywhere the JSON files are.
 """
 
@@ -16,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +32,53 @@ EXTRA_REPORTS = {"synth": "synth/status.json", "quantize": "quantize.json",
                  "serve_load": "bench/serve_load.json", "xai": "xai.json"}
 
 
-def _load(path: Path, required: bool) -> dict[str, Any] | None:
-    if not path.is_file():
+Reader = Callable[[Path], str | None]
+
+
+def working_tree_text(path: Path) -> str | None:
+    """The file as it is on disk, or None if absent."""
+    return path.read_text() if path.is_file() else None
+
+
+def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True)
+
+
+def _committed_root(folder: Path) -> Path | None:
+    """Top of the git work tree holding ``folder`` if it has a HEAD commit, else None."""
+    try:
+        top = _git(folder, "rev-parse", "--show-toplevel")
+        head = _git(folder, "rev-parse", "--verify", "-q", "HEAD")
+    except OSError:  # git not installed
+        return None
+    if top.returncode != 0 or head.returncode != 0:
+        return None
+    return Path(top.stdout.strip()).resolve()
+
+
+def committed_text(path: Path) -> str | None:
+    """The file as committed at HEAD (None if HEAD lacks it).
+
+    Falls back to the working tree when ``path`` is not in a git work tree with a commit (no
+    git, a source archive, a temporary folder), where there is nothing committed to compare.
+    """
+    folder = path.resolve().parent
+    while not folder.is_dir():
+        folder = folder.parent
+    root = _committed_root(folder)
+    if root is None:
+        return working_tree_text(path)
+    shown = _git(root, "show", f"HEAD:{path.resolve().relative_to(root).as_posix()}")
+    return shown.stdout if shown.returncode == 0 else None
+
+
+def _load(path: Path, required: bool, read: Reader = working_tree_text) -> dict[str, Any] | None:
+    text = read(path)
+    if text is None:
         if required:
             raise SystemExit(f"error: {path} not found; run `dvc repro evaluate` first")
         return None
-    return json.loads(path.read_text())
+    return json.loads(text)
 
 
 def render(test: dict[str, Any], train: dict[str, Any] | None,
@@ -149,24 +197,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", type=Path, default=Path("reports"),
                         help="folder of the optional reports (quantize, xai, synth, bench)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true", help="fail if README.md is out of date")
+    mode.add_argument("--check", action="store_true",
+                      help="fail if README.md is out of date (both as committed at git HEAD)")
     mode.add_argument("--print", action="store_true", help="print the section only")
     args = parser.parse_args(argv)
 
-    extra = {name: _load(args.reports / rel, False) for name, rel in EXTRA_REPORTS.items()}
-    section = render(_load(args.test, True), _load(args.train, False), _load(args.bench, False),
-                     extra)
+    read = committed_text if args.check else working_tree_text
+    extra = {name: _load(args.reports / rel, False, read) for name, rel in EXTRA_REPORTS.items()}
+    section = render(_load(args.test, True, read), _load(args.train, False, read),
+                     _load(args.bench, False, read), extra)
     if args.print:
         print(section)
         return 0
-    if not args.readme.is_file():
+    old = read(args.readme)
+    if old is None:
         raise SystemExit(f"error: {args.readme} not found")
-    old = args.readme.read_text()
     new = splice(old, section, args.readme)
     if args.check:
         if new != old:
-            print(f"{args.readme} metrics section is out of date; run "
-                  "`python scripts/readme_metrics.py`", file=sys.stderr)
+            print(f"{args.readme} metrics section is out of date with reports/ (as committed); "
+                  "run `python scripts/readme_metrics.py` and commit README and reports together",
+                  file=sys.stderr)
             return 1
         return 0
     args.readme.write_text(new)

@@ -1,0 +1,96 @@
+"""scripts/readme_metrics.py --check compares the README and the reports as committed.
+
+`make repro` on another CPU rewrites reports/ with slightly different figures; `make test`
+(which runs --check) must still pass afterwards, and fail only when what is committed disagrees.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from stagerun import REPO
+
+TEMPLATE = "# Title\n\n<!-- metrics:start -->\nold\n<!-- metrics:end -->\n\nmore\n"
+
+
+@pytest.fixture(scope="module")
+def tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("readme_metrics",
+                                                  REPO / "scripts/readme_metrics.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _test_report(macro_f1: float) -> str:
+    row = {"precision": macro_f1, "recall": macro_f1, "f1": macro_f1, "support": 5}
+    return json.dumps({"accuracy": macro_f1, "macro_f1": macro_f1, "n_images": 10,
+                       "model": {"name": "m", "epoch": 0},
+                       "per_class": {"happy": row, "sad": row}})
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+                   cwd=repo, check=True, capture_output=True)
+
+
+def _args(root: Path) -> list[str]:
+    return ["--readme", str(root / "README.md"), "--test", str(root / "reports/test.json"),
+            "--train", str(root / "reports/absent.json"),
+            "--bench", str(root / "reports/absent.json"), "--reports", str(root / "reports")]
+
+
+def _write(root: Path, macro_f1: float) -> None:
+    (root / "reports").mkdir(exist_ok=True)
+    (root / "reports/test.json").write_text(_test_report(macro_f1))
+
+
+def test_check_reads_the_committed_readme_and_reports(tool, tmp_path):
+    _git(tmp_path, "init", "-q")
+    _write(tmp_path, 0.8)
+    (tmp_path / "README.md").write_text(TEMPLATE)
+    assert tool.main(_args(tmp_path)) == 0  # render from the reports
+    _git(tmp_path, "add", "README.md", "reports")
+    _git(tmp_path, "commit", "-q", "-m", "reports and README")
+    assert tool.main([*_args(tmp_path), "--check"]) == 0
+
+    # A local re-run (another CPU) writes different figures: the committed pair still agrees.
+    _write(tmp_path, 0.79)
+    assert tool.main([*_args(tmp_path), "--check"]) == 0
+    assert tool.main(_args(tmp_path)) == 0  # README follows the local reports ...
+    assert "| Test macro-F1 | 0.790 |" in (tmp_path / "README.md").read_text()
+    assert tool.main([*_args(tmp_path), "--check"]) == 0  # ... HEAD is unchanged
+
+    # Committing new reports without the README they imply is what --check catches.
+    _git(tmp_path, "add", "reports")
+    _git(tmp_path, "commit", "-q", "-m", "reports only")
+    assert tool.main([*_args(tmp_path), "--check"]) == 1
+    _git(tmp_path, "add", "README.md")
+    _git(tmp_path, "commit", "-q", "-m", "README")
+    assert tool.main([*_args(tmp_path), "--check"]) == 0
+
+
+def test_check_reads_the_working_tree_outside_git(tool, tmp_path):
+    """No commit to compare with (a source archive): the files on disk are checked."""
+    _write(tmp_path, 0.8)
+    (tmp_path / "README.md").write_text(TEMPLATE)
+    assert tool.main([*_args(tmp_path), "--check"]) == 1
+    assert tool.main(_args(tmp_path)) == 0
+    assert tool.main([*_args(tmp_path), "--check"]) == 0
+
+
+def test_committed_text_of_a_file_missing_from_head(tool, tmp_path):
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "a.txt").write_text("a\n")
+    _git(tmp_path, "add", "a.txt")
+    _git(tmp_path, "commit", "-q", "-m", "a")
+    (tmp_path / "a.txt").write_text("changed\n")
+    (tmp_path / "new.txt").write_text("new\n")
+    assert tool.committed_text(tmp_path / "a.txt") == "a\n"
+    assert tool.committed_text(tmp_path / "new.txt") is None
+    assert tool.committed_text(tmp_path / "sub" / "none.json") is None
