@@ -19,6 +19,17 @@ from emorec.errors import ParamsError
 _MISSING = object()
 
 
+def _exponent_float(value: Any) -> Any:
+    """``"1e-05"`` as the float it means: YAML 1.1 (PyYAML) reads exponents without a dot as
+    strings, and ``dvc exp run -S train.min_lr=1e-5`` writes exactly that into params.yaml."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 class Params:
     """Validated, dotted-key access to the parameter tree."""
 
@@ -56,7 +67,7 @@ class Params:
     # -- typed accessors -----------------------------------------------------------------------
     def number(self, key: str, low: float | None = None, high: float | None = None,
                default: Any = _MISSING) -> float:
-        value = self.get(key, default)
+        value = _exponent_float(self.get(key, default))
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self._fail(key, f"must be a number, got {value!r}")
         if low is not None and value < low:
