@@ -74,6 +74,17 @@ def test_evaluate_stage_writes_metrics_and_plots(trained):
     assert len(reliability) == 15
     assert reliability["count_before"].sum() == reliability["count_after"].sum() == 24
 
+    selective = calibration["selective"]
+    assert 0 < calibration["min_confidence"] == selective["min_confidence"] <= 1
+    assert selective["val_at_min_confidence"]["coverage"] >= 0.9
+    for key in ("accuracy_at_80_coverage", "accuracy_at_90_coverage"):
+        assert 0 <= selective[key] <= 1
+    curve = pd.read_csv(plots / "risk_coverage.csv")
+    assert list(curve.columns) == ["threshold", "coverage", "accuracy", "risk", "answered"]
+    assert curve["coverage"].is_monotonic_increasing and curve["coverage"].iloc[-1] == 1.0
+    assert curve["threshold"].is_monotonic_decreasing
+    assert curve["accuracy"].iloc[-1] == pytest.approx(metrics["accuracy"])
+
 
 def test_evaluate_rejects_a_model_for_other_classes(trained, tmp_path):
     root, raw = trained
@@ -116,14 +127,16 @@ def test_dvc_renders_the_declared_plots_and_metrics(trained, tmp_path):
     dvc("init", "-q")
     shown = json.loads(dvc("plots", "show", "--json", "reports/evaluate/confusion.csv",
                            "reports/evaluate/per_class_f1.csv", "train_loss", "train_macro_f1",
-                           "reports/evaluate/reliability.csv", "calibration_reliability"))
+                           "reports/evaluate/reliability.csv", "calibration_reliability",
+                           "reports/evaluate/risk_coverage.csv"))
     assert not shown.get("errors")
     rendered = shown["data"]
     confusion = json.dumps(rendered["reports/evaluate/confusion.csv"][0])
     assert '"mark": "rect"' in confusion and '"field": "actual"' in confusion  # confusion template
     assert "xy_count" in confusion
     for name in ("reports/evaluate/per_class_f1.csv", "train_loss", "train_macro_f1",
-                 "reports/evaluate/reliability.csv", "calibration_reliability"):
+                 "reports/evaluate/reliability.csv", "calibration_reliability",
+                 "reports/evaluate/risk_coverage.csv"):
         assert rendered[name][0]["type"] == "vega"
         assert rendered[name][0]["content"]["data"]["values"], name
     metrics = json.loads(dvc("metrics", "show", "--json"))
@@ -212,3 +225,27 @@ def test_ece_and_reliability_bins_by_hand():
     assert expected_calibration_error(probs, labels, n_bins=2) == pytest.approx(0.0)
     assert expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(
         (abs(1 - 0.9) + abs(0 - 0.8) + abs(1 - 0.6) + abs(1 - 0.7)) / 4)
+
+
+def test_risk_coverage_and_thresholds_by_hand():
+    from emorec.calibration import (
+        accuracy_at_coverage,
+        risk_coverage,
+        selective_at,
+        threshold_for_coverage,
+    )
+
+    # confidences 0.9 (right), 0.8 (wrong), 0.7 (right), 0.7 (right), 0.6 (wrong)
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3], [0.3, 0.7], [0.4, 0.6]])
+    labels = np.array([0, 0, 0, 1, 0])
+    curve = risk_coverage(probs, labels)
+    assert curve["threshold"].tolist() == pytest.approx([0.9, 0.8, 0.7, 0.6])  # ties share a row
+    assert curve["coverage"].tolist() == pytest.approx([0.2, 0.4, 0.8, 1.0])
+    assert curve["accuracy"].tolist() == pytest.approx([1.0, 0.5, 0.75, 0.6])
+    assert threshold_for_coverage(probs, 0.8) == pytest.approx(0.7)
+    assert threshold_for_coverage(probs, 0.5) == pytest.approx(0.7)  # 3 of 5 needed
+    assert threshold_for_coverage(probs, 1.0) == pytest.approx(0.6)
+    assert accuracy_at_coverage(probs, labels, 0.4) == pytest.approx(0.5)
+    assert selective_at(probs, labels, 0.7) == pytest.approx(
+        {"threshold": 0.7, "coverage": 0.8, "accuracy": 0.75})
+    assert selective_at(probs, labels, 0.95)["accuracy"] is None

@@ -13,8 +13,19 @@ import yaml
 from imagesplits import make_split
 from stagerun import STAGES, run_python
 
+from emorec.errors import ParamsError
 from emorec.export import ExportError, ExportSettings, check_parity, export_model
-from emorec.inference import META_CLASSES, META_IMAGE, META_TEMPERATURE, OnnxClassifier
+from emorec.inference import (
+    META_CLASSES,
+    META_IMAGE,
+    META_MIN_CONFIDENCE,
+    META_TEMPERATURE,
+    UNCERTAIN,
+    OnnxClassifier,
+    describe_row,
+    label_or_uncertain,
+    resolve_min_confidence,
+)
 from emorec.models import load_checkpoint
 
 
@@ -97,10 +108,11 @@ def test_temperature_from_calibration_goes_into_metadata_and_probabilities(
     root, csvs = split_dir
     out = tmp_path / "model.onnx"
     report = export_model(tiny_checkpoint, csvs["val"], out, ExportSettings.from_params(params),
-                          params.classes, root=root, calibration={"temperature": 2.5})
+                          params.classes, root=root,
+                          calibration={"temperature": 2.5, "min_confidence": 0.42})
     assert report["parity"]["passed"] and report["temperature"] == 2.5
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert float(meta[META_TEMPERATURE]) == 2.5
+    assert float(meta[META_TEMPERATURE]) == 2.5 and float(meta[META_MIN_CONFIDENCE]) == 0.42
 
     clf = OnnxClassifier(out)
     x = np.random.default_rng(0).normal(size=(4, 1, 32, 32)).astype(np.float32)
@@ -109,7 +121,8 @@ def test_temperature_from_calibration_goes_into_metadata_and_probabilities(
     np.testing.assert_allclose(clf.probabilities(x), expected, atol=1e-6)
     raw = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     np.testing.assert_allclose(clf.probabilities(x, calibrated=False), raw, atol=1e-6)
-    assert clf.info()["temperature"] == 2.5
+    assert clf.info()["temperature"] == 2.5 and clf.suggested_min_confidence == 0.42
+    assert resolve_min_confidence("auto", clf.suggested_min_confidence) == 0.42
     # the phone app reads the same temperature from config.json
     assert client_config(clf, MobileSettings.from_params(params))["temperature"] == 2.5
 
@@ -117,6 +130,23 @@ def test_temperature_from_calibration_goes_into_metadata_and_probabilities(
 def test_model_without_temperature_uses_plain_softmax(tiny_onnx):
     clf = OnnxClassifier(tiny_onnx["fp32"])
     assert META_TEMPERATURE not in clf.metadata and clf.temperature == 1.0
+    assert clf.suggested_min_confidence is None
+    assert resolve_min_confidence("auto", clf.suggested_min_confidence) == 0.0  # never abstain
+
+
+def test_uncertain_below_the_threshold_with_probabilities_still_given():
+    classes = ["angry", "happy", "sad"]
+    probs = np.array([0.5, 0.3, 0.2])
+    assert label_or_uncertain(probs, 0.5, classes) == "angry"
+    assert label_or_uncertain(probs, 0.51, classes) == UNCERTAIN == "uncertain"
+    row = describe_row(probs, classes, min_confidence=0.6)
+    assert row["label"] == "uncertain" and row["predicted"] == "angry"
+    assert row["confidence"] == 0.5 and row["probabilities"]["sad"] == pytest.approx(0.2)
+    assert set(describe_row(probs, classes)) == {"label", "confidence", "probabilities"}
+    assert resolve_min_confidence(0.7, 0.42) == 0.7 and resolve_min_confidence(0, None) == 0.0
+    for bad in (1.5, -0.1, "sometimes", True, None):
+        with pytest.raises(ParamsError, match="serve.min_confidence"):
+            resolve_min_confidence(bad, 0.42)
 
 
 def _stage_repo(tmp_path: Path, params_raw: dict) -> Path:

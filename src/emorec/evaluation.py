@@ -8,7 +8,9 @@ mistakes, which is usually the quickest way to spot label noise or a preprocessi
 Given the validation split too, it fits a temperature on the val logits (``emorec.calibration``)
 and reports calibration on test before/after (``reports/metrics/calibration.json``, the
 reliability table and PNG). The export stage carries that temperature into the ONNX metadata,
-so the service and the phone show calibrated probabilities.
+so the service and the phone show calibrated probabilities. With calibrated probabilities it
+also writes the risk-coverage curve (accuracy when abstaining below each confidence), accuracy
+at 80/90 % coverage and a suggested ``min_confidence`` for the service's ``uncertain`` answer.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ def write_calibration(result: CalibrationResult, calibration_path: Path, plots_d
     calibration_path.write_text(json.dumps(result.report, indent=2) + "\n")
     plots_dir.mkdir(parents=True, exist_ok=True)
     result.reliability.to_csv(plots_dir / "reliability.csv", index=False)
+    result.risk_coverage.to_csv(plots_dir / "risk_coverage.csv", index=False)
     reliability_png(result, plots_dir / "reliability.png")
 
 

@@ -39,6 +39,7 @@ from emorec.inference import (
     INPUT_NAME,
     META_CLASSES,
     META_IMAGE,
+    META_MIN_CONFIDENCE,
     META_TEMPERATURE,
     OUTPUT_NAME,
     OnnxClassifier,
@@ -155,7 +156,10 @@ def calibration_metadata(calibration: dict[str, Any] | None) -> dict[str, str]:
     """ONNX metadata entries taken from the calibration report (none without one)."""
     if calibration is None:
         return {}
-    return {META_TEMPERATURE: repr(float(calibration["temperature"]))}
+    meta = {META_TEMPERATURE: repr(float(calibration["temperature"]))}
+    if calibration.get("min_confidence") is not None:  # suggested serve.min_confidence ('auto')
+        meta[META_MIN_CONFIDENCE] = repr(float(calibration["min_confidence"]))
+    return meta
 
 
 def model_metadata(ckpt_meta: dict[str, Any], opset: int, dynamo: bool,
@@ -254,6 +258,7 @@ def export_model(checkpoint: Path, val_csv: Path, onnx_path: Path, settings: Exp
         "image": {"size": pre.size, "mean": pre.mean, "std": pre.std},
         "checker": "passed",
         "temperature": session.temperature,
+        "suggested_min_confidence": session.suggested_min_confidence,
         "parity": {**stats, "batch1_max_abs_diff": single["max_abs_diff"],
                    "atol": settings.parity_atol,
                    "min_top1_agreement": settings.min_top1_agreement, "passed": bool(passed)},

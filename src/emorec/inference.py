@@ -20,7 +20,7 @@ import onnxruntime as ort
 from PIL import Image
 from scipy.special import softmax
 
-from emorec.errors import EmorecError
+from emorec.errors import EmorecError, ParamsError
 from emorec.imageio import open_image
 from emorec.splits import check_images_exist
 from emorec.transforms import Preprocess
@@ -30,6 +30,10 @@ META_CLASSES = "emorec.classes"
 META_IMAGE = "emorec.image"
 #: Softmax temperature fitted on val by the evaluate stage; probabilities = softmax(logits / T).
 META_TEMPERATURE = "emorec.temperature"
+#: Confidence threshold suggested by evaluate (answers ~90 % of val); serve.min_confidence: auto.
+META_MIN_CONFIDENCE = "emorec.min_confidence"
+#: The label given instead of a class when the top probability is below the threshold.
+UNCERTAIN = "uncertain"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -91,6 +95,38 @@ def read_temperature(props: dict[str, str], path: Path) -> float:
     return value
 
 
+def read_min_confidence(props: dict[str, str]) -> float | None:
+    """The suggested abstention threshold stored with the model, if any (and if usable)."""
+    try:
+        value = float(props[META_MIN_CONFIDENCE])
+    except (KeyError, ValueError):
+        return None
+    return value if 0.0 <= value <= 1.0 else None
+
+
+def resolve_min_confidence(setting: Any, suggested: float | None) -> float:
+    """``serve.min_confidence`` as a number: ``auto`` takes the model's suggestion (0 if none).
+
+    0 never abstains. A number must lie in [0, 1]; anything else raises :class:`ParamsError`.
+    """
+    if setting == "auto":
+        return 0.0 if suggested is None else float(suggested)
+    if isinstance(setting, bool) or not isinstance(setting, int | float) or not 0 <= setting <= 1:
+        raise ParamsError("serve.min_confidence",
+                          f"must be 'auto' or a number in [0, 1], got {setting!r}")
+    return float(setting)
+
+
+def label_or_uncertain(probs: np.ndarray, threshold: float, classes: Sequence[str]) -> str:
+    """The top class of one probability row, or :data:`UNCERTAIN` if its probability < threshold.
+
+    Abstaining is worth it only on calibrated probabilities (``OnnxClassifier.probabilities``),
+    where the evaluate stage's risk-coverage curve says what accuracy each threshold buys.
+    """
+    best = int(np.argmax(probs))
+    return classes[best] if float(probs[best]) >= threshold else UNCERTAIN
+
+
 def add_metadata(model_proto: Any, meta: dict[str, str]) -> None:
     """Replace an ``onnx.ModelProto``'s ``metadata_props`` with ``meta`` (keys sorted)."""
     import onnx
@@ -118,6 +154,7 @@ class OnnxClassifier:
         self.output_name = self.session.get_outputs()[0].name
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.temperature = read_temperature(self.metadata, self.path)
+        self.suggested_min_confidence = read_min_confidence(self.metadata)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw scores ``[N, C]`` for a preprocessed float32 batch ``[N, 1, S, S]``."""
@@ -152,19 +189,29 @@ class OnnxClassifier:
                       "std": self.preprocess.std},
             "providers": self.session.get_providers(),
             "temperature": self.temperature,
+            "suggested_min_confidence": self.suggested_min_confidence,
             "metadata": {k: v for k, v in self.metadata.items()
                          if k not in (META_CLASSES, META_IMAGE)},
         }
 
 
-def describe_row(probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Label, its probability and every class's probability for one prediction."""
+def describe_row(probs: np.ndarray, classes: Sequence[str],
+                 min_confidence: float | None = None) -> dict[str, Any]:
+    """Label, its probability and every class's probability for one prediction.
+
+    With ``min_confidence`` the label is :data:`UNCERTAIN` below it, and ``predicted`` keeps the
+    top class, so a client still sees what the model would have said.
+    """
     best = int(np.argmax(probs))
-    return {
+    row = {
         "label": classes[best],
         "confidence": float(probs[best]),
         "probabilities": {name: float(p) for name, p in zip(classes, probs, strict=True)},
     }
+    if min_confidence is not None:
+        row.update(label=label_or_uncertain(probs, min_confidence, classes),
+                   predicted=classes[best], min_confidence=float(min_confidence))
+    return row
 
 
 def predict_in_batches(model: OnnxClassifier, paths: Sequence[str | Path], batch_size: int = 64,

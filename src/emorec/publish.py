@@ -199,8 +199,9 @@ def _calibration_section(inputs: CardInputs) -> list[str]:
                               for k, v in cover.items()) + "."]
     if "min_confidence" in cal:
         lines += [f"Suggested `min_confidence` {cal['min_confidence']:.3f} (answers about "
-                  f"{selective.get('min_confidence_target_coverage', 0.9):.0%} of val); below "
-                  "it the service answers `uncertain`, with the probabilities still given."]
+                  f"{selective.get('min_confidence_target_coverage', 0.9):.0%} of val, stored "
+                  "as `emorec.min_confidence`): below it, answer `uncertain` rather than a "
+                  "class."]
     return lines + [""]
 
 
