@@ -1,0 +1,83 @@
+"""reports/fer2013.json: scores of a real-data run, with the 7-class run folded to six."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from emorec.real_data import build_report, fold_labels
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES7 = ["angry", "disgust", "fearful", "happy", "neutral", "sad", "surprised"]
+
+
+def write(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+
+
+@pytest.fixture
+def workspace(tmp_path, repo_params_raw) -> Path:
+    """The files a finished FER2013 experiment leaves in its DVC workspace."""
+    params = dict(repo_params_raw, classes=CLASSES7)
+    write(tmp_path / "params.yaml", yaml.safe_dump(params))
+    rows = [("angry", "angry"), ("disgust", "angry"), ("angry", "disgust"), ("happy", "happy"),
+            ("sad", "neutral"), ("disgust", "disgust")]
+    (tmp_path / "reports/evaluate").mkdir(parents=True)
+    pd.DataFrame(rows, columns=["actual", "predicted"]).to_csv(
+        tmp_path / "reports/evaluate/confusion.csv", index=False)
+    write(tmp_path / "reports/quantize.json", {"fp32": {"test": {"accuracy": 0.5}},
+                                               "int8": {"test": {"accuracy": 0.49}}})
+    write(tmp_path / "reports/split.json", {"sizes": {"train": 10, "val": 2, "test": 6}})
+    write(tmp_path / "reports/train/metrics.json",
+          {"precision": "float32", "best": {"epoch": 3, "val_macro_f1": 0.4}})
+    write(tmp_path / "reports/train/plots/metrics/time/epoch_s.tsv",
+          "step\tepoch_s\n0\t1.5\n1\t2\n")
+    write(tmp_path / "reports/ingest.json", {"offered": 7, "accepted": 6,
+                                             "rejected_by_reason": {"near_blank": 1, "empty": 0}})
+    write(tmp_path / "data/interim/manifest.csv", "id,path\n")
+    return tmp_path
+
+
+def test_report_scores_seven_classes_and_folds_disgust_into_angry(workspace):
+    report = build_report(workspace)
+    test = report["test"]
+    assert test["n"] == 6 and test["accuracy"] == pytest.approx(3 / 6)
+    assert np.array(test["confusion"]).sum() == 6
+    assert test["confusion"][0][1] == 1  # an angry face called disgust
+    six = report["test_6_class"]
+    assert "disgust" not in six["classes"] and six["fold"] == {"disgust": "angry"}
+    assert six["accuracy"] == pytest.approx(5 / 6)  # every angry/disgust mix-up now counts
+    assert report["int8"]["accuracy_drop_points"] == pytest.approx(1.0)
+    assert report["train"]["wall_time_s"] == pytest.approx(3.5)
+    assert report["train"]["best_epoch"] == 4
+    assert report["ingest"]["rejected_by_reason"] == {"near_blank": 1}
+    assert report["dataset_fingerprint"].startswith("sha256:")
+    assert report["hardware"]["cpu"]["logical_cores"] >= 1
+
+
+def test_fold_labels_leaves_other_classes_alone():
+    assert list(fold_labels(np.array(["disgust", "sad"]), {"disgust": "angry"})) == [
+        "angry", "sad"]
+
+
+def test_script_writes_json_and_fails_cleanly_without_a_run(workspace, tmp_path):
+    out = tmp_path / "fer2013.json"
+    script = REPO / "scripts/fer2013_report.py"
+    ok = subprocess.run([sys.executable, script, "--workspace", workspace, "--out", out],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(out.read_text())["test"]["n"] == 6
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = subprocess.run([sys.executable, script, "--workspace", empty, "--out", out],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no complete FER2013 run" in bad.stderr
+    assert "Traceback" not in bad.stderr
