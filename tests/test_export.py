@@ -26,7 +26,7 @@ from emorec.inference import (
     label_or_uncertain,
     resolve_min_confidence,
 )
-from emorec.models import load_checkpoint
+from emorec.models import load_checkpoint, with_tta
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,8 @@ def test_export_writes_checked_self_describing_model(tiny_checkpoint, split_dir,
     # Dynamic batch axis, and the same numbers as PyTorch for any batch size.
     clf = OnnxClassifier(out)
     model, _ = load_checkpoint(tiny_checkpoint)
+    model = with_tta(model, params.get("export.tta"))  # the mirror-average is in the graph
+    assert report["tta"] == "flip"
     for n in (1, 5):
         x = np.random.default_rng(n).normal(size=(n, 1, 32, 32)).astype(np.float32)
         with torch.inference_mode():
@@ -186,3 +188,14 @@ def test_stage_script_writes_report_and_fails_clearly_on_parity(tiny_checkpoint,
         last = bad.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ONNX/PyTorch parity failed") and "parity_atol" in last
         assert "Traceback" not in bad.stderr
+
+
+def test_flip_tta_averages_the_mirror_image(tiny_checkpoint):
+    model, _ = load_checkpoint(tiny_checkpoint)
+    x = torch.randn(3, 1, 32, 32)
+    with torch.inference_mode():
+        expected = (model(x) + model(x.flip(3))) / 2
+        assert torch.allclose(with_tta(model, "flip")(x), expected, atol=1e-6)
+        assert with_tta(model, "none") is model
+        # a mirrored input gets the same answer: the average is symmetric by construction
+        assert torch.allclose(with_tta(model, "flip")(x.flip(3)), expected, atol=1e-5)

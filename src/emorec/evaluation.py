@@ -34,8 +34,8 @@ from emorec.config import Params
 from emorec.data import FaceDataset
 from emorec.errors import DataError
 from emorec.metrics import classification_metrics, confusion
+from emorec.models import TTA_MODES, load_checkpoint, with_tta
 from emorec.models import device as default_device
-from emorec.models import load_checkpoint
 from emorec.plots import confusion_matrix_png, image_grid_png, save_figure
 from emorec.precision import autocast
 from emorec.splits import check_images_exist, read_split
@@ -161,7 +161,7 @@ def evaluate_checkpoint(params: Params, model_path: str | Path, split_csv: str |
     model_path, plots_dir, metrics_path = Path(model_path), Path(plots_dir), Path(metrics_path)
     dev = default_device()
     model, meta = load_checkpoint(model_path, map_location=dev)
-    model.to(dev)
+    model = with_tta(model.to(dev), params.choice("evaluate.tta", TTA_MODES))
     classes = _check_classes(meta["classes"], params, model_path)
     pre = Preprocess.from_meta(meta["image"])
     dataset, loader = split_loader(params, split_csv, classes, pre, root)

@@ -67,6 +67,7 @@ class ExportSettings:
     parity_atol: float
     parity_batch: int
     min_top1_agreement: float
+    tta: str = "none"
 
     @classmethod
     def from_params(cls, params: Params) -> ExportSettings:
@@ -82,6 +83,7 @@ class ExportSettings:
             parity_atol=section.number("parity_atol", low=0),
             parity_batch=section.integer("parity_batch", low=1),
             min_top1_agreement=section.number("min_top1_agreement", low=0, high=1),
+            tta=section.choice("tta", ("none", "flip")),  # emorec.models.TTA_MODES
         )
 
 
@@ -213,7 +215,7 @@ def export_model(checkpoint: Path, val_csv: Path, onnx_path: Path, settings: Exp
     The ONNX file is written even when parity fails, so it can be inspected; DVC does not
     commit outputs of a failed stage.
     """
-    from emorec.models import batched_probabilities, load_checkpoint
+    from emorec.models import batched_probabilities, load_checkpoint, with_tta
 
     model, meta = load_checkpoint(checkpoint, map_location="cpu")
     if list(meta["classes"]) != list(classes):
@@ -221,7 +223,7 @@ def export_model(checkpoint: Path, val_csv: Path, onnx_path: Path, settings: Exp
                           f"params.yaml lists {classes}")
     pre = Preprocess.from_meta(meta["image"])
     batch, _ = load_images(val_csv, classes, pre, limit=settings.parity_batch, root=root)
-    model = model.float().eval()
+    model = with_tta(model.float().eval(), settings.tta)  # the flip goes into the graph
 
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -253,6 +255,7 @@ def export_model(checkpoint: Path, val_csv: Path, onnx_path: Path, settings: Exp
         "opset": result.opset,
         "opset_attempts": result.attempts,
         "dynamo": settings.dynamo,
+        "tta": settings.tta,
         "model_name": meta.get("model_name"),
         "classes": classes,
         "image": {"size": pre.size, "mean": pre.mean, "std": pre.std},

@@ -7,8 +7,11 @@ tensor that training saw, so no channel replication has to be remembered downstr
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import timm
@@ -64,9 +67,36 @@ def create_model(name: str, num_classes: int, pretrained: str = "none", **kwargs
         raise
 
 
+def temp_path(path: str | Path) -> Path:
+    """The temp file :func:`replacing` writes ``path`` through (hidden, next to it)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
+@contextmanager
+def replacing(path: str | Path) -> Iterator[IO[bytes]]:
+    """Write ``path`` through a temp file in its folder, renamed over it once complete.
+
+    Readers, and a run resumed after a crash, see the old file or the new one, never half of
+    one: the data is flushed to disk before ``os.replace`` (atomic on one file system). A failed
+    write leaves the old file alone and removes the temp file.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as fobj:
+            yield fobj
+            fobj.flush()
+            os.fsync(fobj.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, **meta: Any) -> None:
-    """Weights plus everything needed to rebuild and interpret the model."""
-    torch.save({"state_dict": model.state_dict(), **meta}, Path(path))
+    """Weights plus everything needed to rebuild and interpret the model, written atomically."""
+    with replacing(path) as fobj:
+        torch.save({"state_dict": model.state_dict(), **meta}, fobj)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
@@ -98,3 +128,31 @@ def batched_probabilities(model: nn.Module, images: np.ndarray, batch_size: int)
                                                           dtype=np.float32)).to(dev)
             out.append(torch.softmax(model(chunk).float(), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+#: Test-time augmentation modes (``evaluate.tta``, ``export.tta``).
+TTA_MODES = ("none", "flip")
+
+
+class FlipTTA(nn.Module):
+    """Logits averaged over the image and its mirror image.
+
+    Expressions are left-right symmetric, so the mirror is a second, free opinion: on FER2013 it
+    is worth about half a point of accuracy. Wrapping the model (rather than looping in the
+    caller) puts the flip inside the exported ONNX graph, so the service, the INT8 model and
+    the browser all get it without code of their own.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model(x) + self.model(torch.flip(x, dims=[3]))) / 2
+
+
+def with_tta(model: nn.Module, mode: str) -> nn.Module:
+    """``model`` wrapped for test-time augmentation ``mode`` (one of :data:`TTA_MODES`)."""
+    if mode not in TTA_MODES:
+        raise ParamsError("tta", f"must be one of {list(TTA_MODES)}, got {mode!r}")
+    return FlipTTA(model).eval() if mode == "flip" else model
