@@ -288,7 +288,8 @@ def test_train_and_evaluate_read_val_test_from_processed() -> None:
     """Synthetic rows can only reach training: val/test inputs come from data/processed."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     synth = stages["synth"]
-    assert synth["outs"] == ["data/synth"] and "data/processed" in synth["deps"]
+    data_outs = [o for o in synth["outs"] if str(o).startswith("data/")]
+    assert data_outs == ["data/synth"] and "data/processed/train.csv" in synth["deps"]
     train_deps = stages["train"]["deps"]
     assert "data/synth/train.csv" in train_deps and "data/processed/val.csv" in train_deps
     assert not any(str(d).startswith("data/synth/") and d != "data/synth/train.csv"
@@ -400,3 +401,92 @@ def test_uncached_hub_model_fails_with_one_clear_line(workdir, params_raw, monke
     raw["synth"]["diffusers"]["model"] = str(workdir / "models" / "sd")
     with pytest.raises(ModelUnavailableError, match="no model_index.json"):
         make_backend(Params(raw), Preprocess.from_params(Params(raw)))
+
+
+# ---------------------------------------------------------------------------------------------
+# embedding near-duplicate filter (tiny random CLIP built here, no download)
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> Path:
+    """A randomly initialised CLIP vision tower with projection, saved like a hub snapshot."""
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=2, num_attention_heads=2, projection_dim=16)
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    CLIPVisionModelWithProjection(config).save_pretrained(folder)
+    return folder
+
+
+def _no_phash_config() -> FilterConfig:
+    """pHash can never match (distance <= -1), so only the embedding check can reject."""
+    return FilterConfig(blur_threshold=20.0, require_one_face=False, detect_min_side=96,
+                        phash_size=16, phash_distance=-1)
+
+
+def test_embedding_filter_rejects_copies_of_real_and_accepted_images(tiny_clip) -> None:
+    from emorec.synth.embedding import EmbeddingFilter, ImageEmbedder
+
+    embedder = ImageEmbedder(str(tiny_clip), batch_size=2)
+    a, b, c = _demo_face(1), _demo_face(2, "sad"), _demo_face(3, "happy")
+    vectors = embedder.embed([a, b, c])
+    assert vectors.shape == (3, 16)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(embedder.embed([a.copy()])[0], vectors[0], atol=1e-6)
+    similarity = float(vectors[0] @ vectors[1])
+    assert similarity < 0.9999  # different faces do not look identical to it
+    threshold = (similarity + 1.0) / 2  # exact copies (1.0) above, a vs b below
+
+    qf = QualityFilter(_no_phash_config(), EmbeddingFilter(embedder, threshold))
+    qf.add_references([a])
+    assert qf.check(a.copy()) == "embedding_duplicate_real"
+    assert qf.check(b) is None
+    qf.accept(b)
+    assert qf.check(b.copy()) == "embedding_duplicate_synthetic"
+    assert {"embedding_duplicate_real", "embedding_duplicate_synthetic"} <= set(REASONS)
+
+
+def test_embedding_encoder_from_automodel_folder(tmp_path) -> None:
+    """A non-CLIP encoder goes through AutoModel (its pooled output is the embedding)."""
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    from emorec.synth.embedding import ImageEmbedder
+
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
+    vectors = ImageEmbedder(str(tmp_path)).embed([_demo_face(1), _demo_face(2)])
+    assert vectors.shape == (2, 32)
+
+
+def test_stage_counts_embedding_rejections(workdir, params_raw, tiny_clip) -> None:
+    # threshold -1: every candidate that passes the other filters is an embedding duplicate
+    params_raw["synth"]["embedding"] = {"enabled": True, "model": str(tiny_clip),
+                                        "threshold": -1.0, "batch_size": 16}
+    assert _run_stage(params_raw) == 0
+    status = json.loads(Path("reports/synth/status.json").read_text())
+    assert status["embedding_filter"] == {"enabled": True, "model": str(tiny_clip),
+                                          "threshold": -1.0}
+    others = sum(status["rejected"][r]["total"] for r in REASONS
+                 if r != "embedding_duplicate_real")
+    assert status["rejected"]["embedding_duplicate_real"]["total"] == 15 - others > 0
+    assert status["accepted"]["total"] == 0
+
+
+def test_embedding_filter_off_by_default_and_clear_error_when_missing(
+        workdir, params_raw, monkeypatch, capsys) -> None:
+    assert params_raw["synth"]["embedding"]["enabled"] is False  # the demo has no weights
+    assert _run_stage(params_raw) == 0
+    status = json.loads(Path("reports/synth/status.json").read_text())
+    assert status["embedding_filter"]["enabled"] is False
+    assert status["rejected"]["embedding_duplicate_real"]["total"] == 0
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    params_raw["synth"]["embedding"].update(enabled=True, model="emorec-tests/no-such-clip")
+    assert _run_stage(params_raw) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "synth.embedding.model" in err[0]
+    assert "emorec-tests/no-such-clip" in err[0] and "not available locally" in err[0]

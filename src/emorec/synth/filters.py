@@ -11,6 +11,10 @@ Each rejection has one reason, checked cheapest first so the count tells what we
 ``near_duplicate_real`` / ``near_duplicate_synthetic``
     pHash within ``synth.phash_distance`` bits of a real image (train, val or test: a synthetic
     copy of a test face would leak it into training) or of a synthetic image already accepted.
+``embedding_duplicate_real`` / ``embedding_duplicate_synthetic``
+    (only with ``synth.embedding.enabled``) image embedding within cosine similarity
+    ``synth.embedding.threshold`` of a real or an accepted synthetic image: the same face
+    shifted, re-lit or re-cropped, which pHash misses (:mod:`emorec.synth.embedding`).
 ``cap_class`` / ``cap_overall``
     accepting it would push the synthetic share of its class above ``synth.max_fraction``, or
     that of the whole train split above ``synth.max_fraction_overall`` (``null``: the same
@@ -28,9 +32,11 @@ import numpy as np
 from emorec.config import Params
 from emorec.faces import detect_faces
 from emorec.quality import NearDuplicateIndex, laplacian_variance, perceptual_hash
+from emorec.synth.embedding import EmbeddingFilter
 
 QUALITY_REASONS = ("blur", "no_face", "multiple_faces", "near_duplicate_real",
-                   "near_duplicate_synthetic")
+                   "near_duplicate_synthetic", "embedding_duplicate_real",
+                   "embedding_duplicate_synthetic")
 CAP_REASONS = ("cap_class", "cap_overall")
 REASONS = QUALITY_REASONS + CAP_REASONS
 
@@ -64,16 +70,27 @@ def count_faces(gray: np.ndarray, min_side: int) -> int:
 
 
 class QualityFilter:
-    """Blur, one-face and near-duplicate checks, with memory of real and accepted images."""
+    """Blur, one-face and near-duplicate checks, with memory of real and accepted images.
 
-    def __init__(self, config: FilterConfig):
+    ``embedding`` adds the (optional, slower) embedding near-duplicate check after pHash.
+    """
+
+    def __init__(self, config: FilterConfig, embedding: EmbeddingFilter | None = None):
         self.config = config
         self.real = NearDuplicateIndex(config.phash_distance)
         self.synthetic = NearDuplicateIndex(config.phash_distance)
+        self.embedding = embedding
 
     def add_reference(self, gray: np.ndarray) -> None:
         """Remember a real image: synthetic look-alikes of it are rejected."""
-        self.real.add(perceptual_hash(gray, self.config.phash_size))
+        self.add_references([gray])
+
+    def add_references(self, grays: list[np.ndarray]) -> None:
+        """Remember real images (embedded in batches when the embedding check is on)."""
+        for gray in grays:
+            self.real.add(perceptual_hash(gray, self.config.phash_size))
+        if self.embedding is not None and grays:
+            self.embedding.add_references(grays)
 
     def check(self, gray: np.ndarray) -> str | None:
         """The reason to reject ``gray`` (one of :data:`QUALITY_REASONS`), or ``None``."""
@@ -88,11 +105,15 @@ class QualityFilter:
             return "near_duplicate_real"
         if self.synthetic.is_near_duplicate(h):
             return "near_duplicate_synthetic"
+        if self.embedding is not None:
+            return self.embedding.check(gray)
         return None
 
     def accept(self, gray: np.ndarray) -> None:
         """Remember an accepted synthetic image, so later ones may not copy it."""
         self.synthetic.add(perceptual_hash(gray, self.config.phash_size))
+        if self.embedding is not None:
+            self.embedding.accept(gray)
 
 
 def max_synthetic(real: int, fraction: float) -> int:

@@ -26,6 +26,7 @@ from emorec.ingest import png_bytes, sha256_hex
 from emorec.plots import image_rows_png
 from emorec.splits import read_split
 from emorec.synth.backends import Backend, make_backend
+from emorec.synth.embedding import EmbeddingConfig, EmbeddingFilter
 from emorec.synth.filters import REASONS, FilterConfig, QualityFilter, SyntheticCap
 from emorec.synth.merge import SYNTHETIC, merge_train, synthetic_fraction
 from emorec.synth.prompts import PromptSpec, allocate, fresh_seed, image_rng, interleave
@@ -135,6 +136,12 @@ def generate_and_filter(params: Params, backend: Backend, qfilter: QualityFilter
     return rows
 
 
+def _embedding_status(params: Params) -> dict[str, Any]:
+    config = EmbeddingConfig.from_params(params)
+    return {"enabled": config.enabled, "model": config.model or None,
+            "threshold": config.threshold if config.enabled else None}
+
+
 def build_status(params: Params, enabled: bool, backend: Backend | None, outcome: Outcome,
                  cap: SyntheticCap, real_counts: dict[str, int],
                  merged: pd.DataFrame) -> dict[str, Any]:
@@ -154,6 +161,7 @@ def build_status(params: Params, enabled: bool, backend: Backend | None, outcome
         "rejected": rejected,
         "rejected_total": int(sum(r["total"] for r in rejected.values())),
         "caps": {**cap.per_class, "overall": cap.overall},
+        "embedding_filter": _embedding_status(params),
         "synthetic_fraction": synthetic_fraction(merged, outcome.classes),
         "train_rows": int(len(merged)),
     }
@@ -212,10 +220,11 @@ def run_synth(params: Params, processed_dir: Path, out_dir: Path, report_dir: Pa
     if enabled:
         config = FilterConfig.from_params(params)
         backend = make_backend(params, preprocess)  # fails fast when weights are missing
-        qfilter = QualityFilter(config)
-        for rel in tqdm(_reference_paths(processed_dir, train, classes), desc="hash real images",
-                        unit="img"):
-            qfilter.add_reference(_load_gray(Path(rel), preprocess))
+        embedding = EmbeddingFilter.from_config(EmbeddingConfig.from_params(params))
+        qfilter = QualityFilter(config, embedding)
+        references = [_load_gray(Path(rel), preprocess) for rel in tqdm(
+            _reference_paths(processed_dir, train, classes), desc="read real images", unit="img")]
+        qfilter.add_references(references)  # pHash each; embeddings in batches when enabled
         rows = generate_and_filter(params, backend, qfilter, cap, out_dir, outcome)
     else:
         log.info("synth.enabled is false: data/synth/train.csv is the processed train split")
