@@ -25,7 +25,7 @@ from emorec.demo_faces import render_face
 from emorec.faces import detect_faces
 from emorec.quality import laplacian_variance, perceptual_hash
 from emorec.splits import COLUMNS
-from emorec.synth.backends import ModelUnavailableError, make_backend
+from emorec.synth.backends import ModelUnavailableError, make_backend, resolve_backend
 from emorec.synth.filters import (
     REASONS,
     FilterConfig,
@@ -490,3 +490,18 @@ def test_embedding_filter_off_by_default_and_clear_error_when_missing(
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "synth.embedding.model" in err[0]
     assert "emorec-tests/no-such-clip" in err[0] and "not available locally" in err[0]
+
+
+def test_auto_backend_keeps_cartoons_out_of_real_data(params_raw, tmp_path) -> None:
+    params_raw["synth"]["backend"] = "auto"
+    assert resolve_backend(Params(params_raw))[0] == "procedural"  # demo data: demo drawings
+    params_raw["data"]["source"] = "fer2013"
+    params_raw["synth"]["diffusers"]["model"] = str(tmp_path / "no-such-model")
+    name, why = resolve_backend(Params(params_raw))
+    assert name is None and "not available locally" in why and "fer2013" in why
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "model_index.json").write_text("{}")
+    params_raw["synth"]["diffusers"]["model"] = str(tmp_path / "sd")
+    assert resolve_backend(Params(params_raw))[0] == "diffusers"
+    params_raw["synth"]["backend"] = "procedural"  # an explicit choice is honoured
+    assert resolve_backend(Params(params_raw))[0] == "procedural"

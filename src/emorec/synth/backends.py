@@ -138,9 +138,38 @@ class DiffusersBackend:
         return self.preprocess.to_gray(image)
 
 
-def make_backend(params: Params, preprocess: Preprocess) -> Backend:
-    """The backend named by ``synth.backend``, configured from params."""
-    name = params.choice("synth.backend", BACKENDS)
+def diffusers_model_available(model: str) -> bool:
+    """Whether ``model`` is a local diffusers folder or already in the Hugging Face cache."""
+    if _looks_like_path(model):
+        return (Path(model).expanduser() / "model_index.json").is_file()
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(model, "model_index.json"), str)
+
+
+def resolve_backend(params: Params) -> tuple[str | None, str]:
+    """The backend ``synth.backend`` means here, or None (synth off), and why.
+
+    ``auto`` keeps the demo's procedural cartoons with the demo data only: a real dataset gets
+    diffusers faces when a local model is configured, and no synthetic data otherwise, since
+    drawings among real photos would teach the model what a drawing looks like.
+    """
+    name = params.choice("synth.backend", ("auto", *BACKENDS))
+    if name != "auto":
+        return name, f"synth.backend is {name}"
+    if params.get("data.source") == "demo":
+        return "procedural", "synth.backend auto: procedural faces for the procedural demo data"
+    model = params.string("synth.diffusers.model")
+    if diffusers_model_available(model):
+        return "diffusers", f"synth.backend auto: diffusers model {model!r} is available locally"
+    return None, (f"synth.backend auto: data.source is {params.get('data.source')!r} (real "
+                  f"faces) and diffusers model {model!r} is not available locally, so no "
+                  "synthetic faces are made (procedural drawings never mix into real data)")
+
+
+def make_backend(params: Params, preprocess: Preprocess, name: str | None = None) -> Backend:
+    """The backend ``name`` (default: ``synth.backend``), configured from params."""
+    name = name or params.choice("synth.backend", BACKENDS)
     if name == "procedural":
         return ProceduralBackend(
             size=preprocess.size,

@@ -25,7 +25,7 @@ from emorec.imageio import read_gray
 from emorec.ingest import png_bytes, sha256_hex
 from emorec.plots import image_rows_png
 from emorec.splits import read_split
-from emorec.synth.backends import Backend, make_backend
+from emorec.synth.backends import Backend, make_backend, resolve_backend
 from emorec.synth.embedding import EmbeddingConfig, EmbeddingFilter
 from emorec.synth.filters import REASONS, FilterConfig, QualityFilter, SyntheticCap
 from emorec.synth.merge import SYNTHETIC, merge_train, synthetic_fraction
@@ -203,6 +203,10 @@ def run_synth(params: Params, processed_dir: Path, out_dir: Path, report_dir: Pa
                         "the synth stage must run on the split stage's output")
     real_counts = {c: int((train["label"] == c).sum()) for c in classes}
     enabled = params.boolean("synth.enabled")
+    backend_name, why = resolve_backend(params) if enabled else (None, "synth.enabled is false")
+    if enabled and backend_name is None:
+        log.warning("synth off: %s", why)
+        enabled = False
     samples = params.integer("synth.report_samples", low=0)
     outcome = Outcome(classes, samples)
     backend, rows = None, []
@@ -219,7 +223,7 @@ def run_synth(params: Params, processed_dir: Path, out_dir: Path, report_dir: Pa
                        overall)
     if enabled:
         config = FilterConfig.from_params(params)
-        backend = make_backend(params, preprocess)  # fails fast when weights are missing
+        backend = make_backend(params, preprocess, backend_name)  # fails fast without weights
         embedding = EmbeddingFilter.from_config(EmbeddingConfig.from_params(params))
         qfilter = QualityFilter(config, embedding)
         references = [_load_gray(Path(rel), preprocess) for rel in tqdm(
@@ -227,11 +231,12 @@ def run_synth(params: Params, processed_dir: Path, out_dir: Path, report_dir: Pa
         qfilter.add_references(references)  # pHash each; embeddings in batches when enabled
         rows = generate_and_filter(params, backend, qfilter, cap, out_dir, outcome)
     else:
-        log.info("synth.enabled is false: data/synth/train.csv is the processed train split")
+        log.info("%s: data/synth/train.csv is the processed train split", why)
 
     merged = merge_train(train, rows)
     merged.to_csv(out_dir / "train.csv", index=False)
     status = build_status(params, enabled, backend, outcome, cap, real_counts, merged)
+    status["backend_reason"] = why
     write_reports(status, outcome, report_dir)
     log.info("synth: %d generated, %d accepted, synthetic fraction %.3f",
              status["generated"]["total"], status["accepted"]["total"],
