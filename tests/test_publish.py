@@ -26,7 +26,16 @@ from emorec.publish import (
 TEST_METRICS = {"accuracy": 0.8, "macro_f1": 0.75, "n_images": 40,
                 "per_class": {"angry": {"precision": 0.7, "recall": 0.8, "f1": 0.75,
                                         "support": 7}}}
-FER2013 = {"accuracy": 0.712, "macro_f1": 0.701, "notes": "PrivateTest, 7 classes"}
+# the shape emorec.real_data.build_report writes (trimmed)
+FER2013 = {"dataset": "FER2013", "test_split": "PrivateTest (official Usage)", "commit": "abc123",
+           "hardware": {"summary": "2 CPU cores"}, "train": {"wall_time_s": 3600.0},
+           "test": {"n": 3589, "accuracy": 0.712, "macro_f1": 0.701,
+                    "classes": ["angry", "disgust", "fearful", "happy", "neutral", "sad",
+                                "surprised"]},
+           "test_6_class": {"n": 3589, "accuracy": 0.72, "macro_f1": 0.705,
+                            "classes": ["angry", "fearful", "happy", "neutral", "sad",
+                                        "surprised"], "fold": {"disgust": "angry"}},
+           "int8": {"accuracy": 0.709, "accuracy_drop_points": 0.3}}
 
 
 def _calibration_report() -> dict:
@@ -75,11 +84,23 @@ def test_dry_run_assembles_exactly_the_published_files(models_dir, params, tmp_p
     assert "reports/fer2013.json` absent" in text and "T = " in text
 
 
-def test_card_carries_fer2013_figures_when_the_report_exists(models_dir, params):
-    loaded = ModelCard.load(_card(params, models_dir, fer2013=FER2013))
-    results = {(r.dataset_type, r.metric_type): r.metric_value for r in loaded.data.eval_results}
-    assert results[("fer2013", "accuracy")] == 0.712 and results[("fer2013", "f1")] == 0.701
-    assert "PrivateTest, 7 classes" in loaded.text and "absent" not in loaded.text
+def test_card_carries_fer2013_figures_when_the_report_exists(models_dir, params_raw):
+    # a demo-trained model: FER2013 figures of a separate run go in the text, not model-index
+    loaded = ModelCard.load(_card(Params(params_raw), models_dir, fer2013=FER2013))
+    assert {r.dataset_type for r in loaded.data.eval_results} == {"emorec-demo"}
+    assert "That is a separate run" in loaded.text and "| 7 classes | 0.712 |" in loaded.text
+
+    params_raw["data"]["source"] = "fer2013"
+    loaded = ModelCard.load(_card(Params(params_raw), models_dir, fer2013=FER2013))
+    results = {(r.dataset_type, r.dataset_config, r.metric_type): r.metric_value
+               for r in loaded.data.eval_results}
+    assert results[("fer2013", "7 classes", "accuracy")] == 0.712
+    assert results[("fer2013", "7 classes", "f1")] == 0.701
+    assert results[("fer2013", "6 classes (disgust -> angry)", "accuracy")] == 0.72
+    text = loaded.text
+    assert "| 7 classes | 0.712 | 0.701 |" in text and "PrivateTest (official Usage)" in text
+    assert "INT8 model accuracy 0.709" in text and "commit `abc123`" in text
+    assert "absent" not in text and "separate run" not in text
 
 
 def test_publish_refuses_missing_files_bad_ids_and_a_missing_token(models_dir, params):

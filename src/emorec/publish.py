@@ -93,20 +93,50 @@ def headline(report: dict[str, Any]) -> dict[str, float]:
 # -- the card ----------------------------------------------------------------------------------
 
 
+def fer2013_scores(report: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+    """``(label, {accuracy, macro_f1})`` per class setting of ``reports/fer2013.json``.
+
+    ``emorec.real_data.build_report`` writes ``test`` (the run's classes, usually the 7 of the
+    literature) and, for a 7-class run, ``test_6_class`` (disgust folded into angry).
+    """
+    rows = []
+    for key, fallback in (("test", "test"), ("test_6_class", "6 classes")):
+        node = report.get(key)
+        figures = headline(node) if isinstance(node, dict) else {}
+        if figures:
+            classes = node.get("classes")
+            label = f"{len(classes)} classes" if isinstance(classes, list) else fallback
+            fold = node.get("fold")
+            if isinstance(fold, dict) and fold:
+                label += " (" + ", ".join(f"{k} -> {v}" for k, v in fold.items()) + ")"
+            rows.append((label, figures))
+    if not rows and headline(report):  # a flat {accuracy, macro_f1} report
+        rows.append(("test", headline(report)))
+    return rows
+
+
 def eval_results(inputs: CardInputs, data_source: str) -> list[Any]:
-    """``model-index`` entries: test accuracy/macro-F1 on the pipeline's data (+ FER2013)."""
+    """``model-index`` entries: test accuracy/macro-F1 on the pipeline's data (+ FER2013).
+
+    The header claims results *of these files*, so FER2013 figures enter it only when the
+    model was trained on FER2013 (``data.source: fer2013``); otherwise they stay in the text.
+    """
     from huggingface_hub import EvalResult
 
-    datasets = [(f"emorec-{data_source}", f"emorec {data_source} data, test split",
+    datasets = [(f"emorec-{data_source}", f"emorec {data_source} data, test split", None,
                  headline(inputs.test))]
-    if inputs.fer2013 is not None:
-        datasets.append(("fer2013", "FER2013 (PrivateTest)", headline(inputs.fer2013)))
+    if inputs.fer2013 is not None and data_source == "fer2013":
+        split = inputs.fer2013.get("test_split", "PrivateTest")
+        datasets += [("fer2013", f"FER2013, {split}", label, figures)
+                     for label, figures in fer2013_scores(inputs.fer2013)]
     names = {"accuracy": "Test accuracy", "macro_f1": "Test macro-F1"}
     types = {"accuracy": "accuracy", "macro_f1": "f1"}
     return [EvalResult(task_type="image-classification", dataset_type=dtype, dataset_name=dname,
-                       dataset_split="test", metric_type=types[key], metric_value=round(value, 4),
-                       metric_name=names[key], metric_config="macro" if key == "macro_f1" else None)
-            for dtype, dname, figures in datasets for key, value in figures.items()]
+                       dataset_split="test", dataset_config=config, metric_type=types[key],
+                       metric_value=round(value, 4),
+                       metric_name=names[key] + (f", {config}" if config else ""),
+                       metric_config="macro" if key == "macro_f1" else None)
+            for dtype, dname, config, figures in datasets for key, value in figures.items()]
 
 
 def card_metadata(params: Params, inputs: CardInputs, license_id: str, model_name: str) -> Any:
@@ -145,13 +175,42 @@ def _metrics_section(params: Params, inputs: CardInputs) -> list[str]:
         lines.append("No FER2013 figures yet (`reports/fer2013.json` absent): the numbers above "
                      "are on the pipeline's own data only and say nothing about real photos.")
     else:
-        figures = headline(inputs.fer2013)
-        lines += ["| Metric | Value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in figures.items()]
-        note = inputs.fer2013.get("notes") or inputs.fer2013.get("description")
-        if note:
-            lines += ["", str(note)]
+        lines += _fer2013_lines(inputs.fer2013, params.get("data.source"))
     return lines + [""]
+
+
+def _fer2013_lines(report: dict[str, Any], data_source: str) -> list[str]:
+    """The FER2013 table plus the run's provenance (commit, hardware, INT8 drop) if recorded."""
+    split = report.get("test_split", "test split")
+    n = (report.get("test") or {}).get("n") if isinstance(report.get("test"), dict) else None
+    lines = ["Figures of a FER2013 run of this pipeline (trained on the official Training split, "
+             f"tested on {split}" + (f", {n} images" if n else "") + ")."]
+    if data_source != "fer2013":
+        lines[0] += (" That is a separate run, not the model files here, which were trained "
+                     f"with `data.source: {data_source}`.")
+    lines += ["",
+             "| Classes | Accuracy | Macro-F1 |", "|---|---|---|"]
+    lines += [f"| {label} | {_fmt(f.get('accuracy'))} | {_fmt(f.get('macro_f1'))} |"
+              for label, f in fer2013_scores(report)]
+    int8 = report.get("int8")
+    if isinstance(int8, dict) and "accuracy" in int8:
+        lines += ["", f"INT8 model accuracy {_fmt(int8['accuracy'])} (drop "
+                      f"{_fmt(int8.get('accuracy_drop_points'), 2)} points vs ONNX FP32)."]
+    facts = []
+    if report.get("commit"):
+        facts.append(f"commit `{str(report['commit'])[:12]}`")
+    hardware = report.get("hardware")
+    if isinstance(hardware, dict) and hardware.get("summary"):
+        facts.append(f"hardware: {hardware['summary']}")
+    train = report.get("train")
+    if isinstance(train, dict) and isinstance(train.get("wall_time_s"), int | float):
+        facts.append(f"training {train['wall_time_s'] / 3600:.1f} h")
+    if facts:
+        lines += ["", "Run: " + "; ".join(facts) + " (`reports/fer2013.json`)."]
+    note = report.get("notes") or report.get("description")
+    if note:
+        lines += ["", str(note)]
+    return lines
 
 
 def _data_section(params: Params, inputs: CardInputs) -> list[str]:
