@@ -8,13 +8,19 @@ Two services, one deployment:
   anything is batched, so a malformed image gets its own 4xx and can never fail other clients'
   requests that happened to share a batch.
 
+Every upload is answered per face. Mode ``faces`` (the default) finds the faces
+(``params.yaml: faces``), turns each upright by its eyes and classifies each crop; mode ``cropped``
+is for callers that already send tight face crops (FER-style) and classifies the whole upload.
+Either way a picture with no face (blank, or nothing a detector recognises) gets
+``{"faces": [], "message": "no face found"}``, never an emotion.
+
 Run from the repository root::
 
     bentoml serve bento.service:EmotionClassifier --port 3000
 
-Configuration comes from ``params.yaml`` (``serve`` section; classes and preprocessing come from
-the model file's metadata). ``EMOREC_MODEL`` overrides the model file, ``EMOREC_PARAMS`` the
-parameter file.
+Configuration comes from ``params.yaml`` (``serve`` and ``faces`` sections; classes and
+preprocessing come from the model file's metadata). ``EMOREC_MODEL`` overrides the model file,
+``EMOREC_PARAMS`` the parameter file.
 """
 
 from __future__ import annotations
@@ -26,14 +32,14 @@ import sys
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException
-from PIL import ImageOps
-from pydantic import BaseModel, Field
+from PIL import Image, ImageOps
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, UploadFile
 from starlette.requests import Request
@@ -48,9 +54,10 @@ except ImportError:  # pragma: no cover - exercised only in a bento without the 
 
 from emorec.config import Params, load_params  # noqa: E402
 from emorec.errors import ImageError  # noqa: E402
-from emorec.faces import crop_largest_face  # noqa: E402
+from emorec.faces import FaceSettings  # noqa: E402
 from emorec.imageio import open_image  # noqa: E402
-from emorec.inference import OnnxClassifier, describe_row  # noqa: E402
+from emorec.inference import OnnxClassifier  # noqa: E402
+from emorec.serving import FoundFaces, answer, find_faces, resolve_mode  # noqa: E402
 
 log = logging.getLogger("emorec.service")
 MODEL_FILES = {"int8": "models/model.int8.onnx", "fp32": "models/model.onnx"}
@@ -69,7 +76,7 @@ class ServeSettings:
     max_latency_ms: int
     max_images_per_request: int
     max_request_bytes: int
-    face_margin: float
+    faces: FaceSettings  # detector, min size, score threshold, crop margin (serve.face_margin)
     threads: int
     timeout_s: float
     backend_attempts: int
@@ -87,7 +94,7 @@ class ServeSettings:
             max_latency_ms=s.integer("max_latency_ms", low=1),
             max_images_per_request=s.integer("max_images_per_request", low=1),
             max_request_bytes=s.integer("max_request_bytes", low=1),
-            face_margin=s.number("face_margin", low=0, high=1),
+            faces=FaceSettings.from_params(params),
             threads=s.integer("threads", low=0),
             timeout_s=s.number("timeout_s", low=1),
             backend_attempts=s.integer("backend_attempts", low=1),
@@ -109,16 +116,37 @@ class PayloadTooLarge(BentoMLException):
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
-class Prediction(BaseModel):
+Mode = Literal["faces", "cropped"]
+
+
+class FaceAnswer(BaseModel):
+    box: list[int] = Field(description="[x, y, w, h] of the face in the upright upload "
+                           "(mode cropped: the whole upload)")
+    landmarks: dict[str, list[float]] | None = Field(
+        None, description="[x, y] of left_eye, right_eye, nose, ... when the detector gives them")
+    detection_score: float = Field(description="the face detector's confidence (cropped: 1)")
     label: str = Field(description="most probable class")
     confidence: float = Field(description="probability of the label")
     probabilities: dict[str, float] = Field(description="probability of every class")
-    face_box: list[int] | None = Field(
-        None, description="[x, y, w, h] of the face used, when face_crop was requested and found")
 
 
-def load_upload(path: Path, what: str, face_crop: bool) -> tuple[np.ndarray, list[int] | None]:
-    """Validate and preprocess one upload; 4xx exceptions name the field and the reason."""
+class Answer(BaseModel):
+    faces: list[FaceAnswer] = Field(description="every face found, largest first")
+    message: str | None = Field(None, description="'no face found' when faces is empty")
+    # The single-face API's fields, for its clients: the largest face, absent when none.
+    label: str | None = None
+    confidence: float | None = None
+    probabilities: dict[str, float] | None = None
+    face_box: list[int] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave out top-level fields that do not apply (null), e.g. label when no face."""
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+def read_upload(path: Path, what: str) -> Image.Image:
+    """Validate and decode one upload, upright; 4xx exceptions name the field and the reason."""
     if not isinstance(path, Path) or not path.is_file():
         raise BadInput(f"{what}: expected an uploaded image file (multipart/form-data)")
     size = path.stat().st_size
@@ -133,12 +161,19 @@ def load_upload(path: Path, what: str, face_crop: bool) -> tuple[np.ndarray, lis
             raise PayloadTooLarge(message) from err
         raise BadInput(message) from err
     # Phone photos carry their rotation in EXIF; turn them upright as ingest and browsers do.
-    image = ImageOps.exif_transpose(image)
-    box = None
-    if face_crop:
-        image, found = crop_largest_face(image, margin=SETTINGS.face_margin)
-        box = list(found) if found is not None else None
-    return MODEL.preprocess(image), box
+    return ImageOps.exif_transpose(image)
+
+
+def load_upload(path: Path, what: str, mode: str) -> FoundFaces:
+    """One upload's faces with their model inputs (runs in a worker thread)."""
+    return find_faces(read_upload(path, what), mode, SETTINGS.faces, MODEL.preprocess)
+
+
+def request_mode(mode: str | None, face_crop: bool | None) -> str:
+    try:
+        return resolve_mode(mode, face_crop)
+    except ValueError as err:
+        raise BadInput(str(err)) from err
 
 
 @bentoml.service(name="emotion_model", traffic={"timeout": SETTINGS.timeout_s})
@@ -268,6 +303,8 @@ class EmotionClassifier:
 
     async def _predict(self, arrays: list[np.ndarray]) -> np.ndarray:
         """Probabilities for preprocessed images, in chunks the batcher accepts."""
+        if not arrays:
+            return np.empty((0, len(MODEL.classes)), dtype=np.float32)
         step = SETTINGS.max_batch_size
         chunks = [np.stack(arrays[i:i + step]).astype(np.float32)
                   for i in range(0, len(arrays), step)]
@@ -299,34 +336,42 @@ class EmotionClassifier:
     async def classify(
         self,
         image: Path,
-        face_crop: bool = False,
-    ) -> Prediction:
-        """Classify one face image (multipart field ``image``); ``face_crop`` crops the largest
-        detected face first (the whole image is used when none is found)."""
-        array, box = await asyncio.to_thread(load_upload, image, "image", face_crop)
-        probs = await self._predict([array])
-        return Prediction(**describe_row(probs[0], MODEL.classes), face_box=box)
+        mode: Mode | None = None,
+        face_crop: bool | None = None,
+    ) -> Answer:
+        """Classify every face in one image (multipart field ``image``).
+
+        ``mode``: ``faces`` (default) detects the faces; ``cropped`` takes the image as one face
+        crop. ``face_crop`` is the older flag: true = ``faces``, false = ``cropped``."""
+        found = await asyncio.to_thread(load_upload, image, "image",
+                                        request_mode(mode, face_crop))
+        probs = await self._predict(found.inputs)
+        return Answer(**answer(found, probs, MODEL.classes))
 
     @bentoml.api
     async def classify_batch(
         self,
         images: list[Path],
-        face_crop: bool = False,
-    ) -> list[Prediction]:
-        """Classify several images (repeat the multipart field ``images``), answers in order.
-        One bad image rejects the request, naming its position."""
+        mode: Mode | None = None,
+        face_crop: bool | None = None,
+    ) -> list[Answer]:
+        """Classify the faces of several images (repeat the multipart field ``images``), answers
+        in order; ``mode`` as in ``classify``. One bad image rejects the request, naming its
+        position."""
         if not images:
             raise BadInput("images: no files uploaded")
         if len(images) > SETTINGS.max_images_per_request:
             raise PayloadTooLarge(f"images: {len(images)} files, limit "
                                   f"{SETTINGS.max_images_per_request} "
                                   "(serve.max_images_per_request)")
+        chosen = request_mode(mode, face_crop)
         loaded = await asyncio.gather(*(
-            asyncio.to_thread(load_upload, path, f"images[{i}]", face_crop)
+            asyncio.to_thread(load_upload, path, f"images[{i}]", chosen)
             for i, path in enumerate(images)))
-        probs = await self._predict([array for array, _ in loaded])
-        return [Prediction(**describe_row(row, MODEL.classes), face_box=box)
-                for row, (_, box) in zip(probs, loaded, strict=True)]
+        probs = await self._predict([x for found in loaded for x in found.inputs])
+        ends = np.cumsum([len(found.inputs) for found in loaded])
+        return [Answer(**answer(found, rows, MODEL.classes))
+                for found, rows in zip(loaded, np.split(probs, ends[:-1]), strict=True)]
 
     @bentoml.api
     async def info(self) -> dict[str, Any]:
@@ -334,15 +379,21 @@ class EmotionClassifier:
         return {"status": "ok", **MODEL.info(),
                 "limits": {"max_image_bytes": SETTINGS.max_image_bytes,
                            "max_image_side": SETTINGS.max_image_side,
-                           "max_images_per_request": SETTINGS.max_images_per_request},
+                           "max_images_per_request": SETTINGS.max_images_per_request,
+                           "max_faces_per_image": SETTINGS.faces.max_faces},
+                "faces": {"detector": SETTINGS.faces.detector,
+                          "min_size": SETTINGS.faces.min_size,
+                          "score_threshold": SETTINGS.faces.score_threshold,
+                          "margin": SETTINGS.faces.margin},
                 "batching": {"max_batch_size": SETTINGS.max_batch_size,
                              "max_latency_ms": SETTINGS.max_latency_ms}}
 
 
-_MULTIPART_SLACK = 64 * 1024  # form boundaries, part headers, the face_crop field
+_MULTIPART_SLACK = 64 * 1024  # form boundaries, part headers, the mode/face_crop fields
+_OPTIONS = ("mode", "face_crop")
 EmotionClassifier.add_asgi_middleware(UploadGuard, rules={
-    "/classify": UploadRule("image", ("face_crop",), SETTINGS.max_image_bytes + _MULTIPART_SLACK),
-    "/classify_batch": UploadRule("images", ("face_crop",), SETTINGS.max_request_bytes),
+    "/classify": UploadRule("image", _OPTIONS, SETTINGS.max_image_bytes + _MULTIPART_SLACK),
+    "/classify_batch": UploadRule("images", _OPTIONS, SETTINGS.max_request_bytes),
 })
 
 __all__ = ["EmotionClassifier", "EmotionModel"]

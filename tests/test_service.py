@@ -3,10 +3,16 @@
 One server per module (start-up costs seconds). Answers are compared with onnxruntime run
 directly on the same bytes (:class:`emorec.inference.OnnxClassifier`); malformed requests must get
 a 4xx with a message naming the problem, and the server must keep answering afterwards.
+
+Faces: real photos shipped by packages (scikit-image's astronaut, matplotlib's Grace Hopper, with
+the hand-drawn boxes of ``benchmarks/face_detectors.py``) must give one answer per face; blank
+uploads must never get an emotion. The random ``face_like`` images are sent in mode ``cropped``
+(tight crops, classified whole), which is what the comparisons with onnxruntime need.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -24,11 +30,11 @@ from imagesplits import face_like, make_split
 from PIL import Image
 
 from emorec.config import Params
-from emorec.faces import crop_largest_face
+from emorec.faces import FaceSettings
 from emorec.imageio import open_image
 from emorec.inference import OnnxClassifier
 from emorec.quantize import QuantizeSettings, calibration_images, quantize_model
-from emorec.serving import BentoServer
+from emorec.serving import NO_FACE, BentoServer, find_faces
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -52,11 +58,16 @@ def int8_model(tmp_path_factory, tiny_onnx, repo_params_raw) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, int8_model, repo_params_raw):
-    tmp = tmp_path_factory.mktemp("svc")
+def server_params(repo_params_raw) -> Params:
     raw = json.loads(json.dumps(repo_params_raw))
     raw["serve"].update(LIMITS)
-    (tmp / "params.yaml").write_text(yaml.safe_dump(raw))
+    return Params(raw)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, int8_model, server_params):
+    tmp = tmp_path_factory.mktemp("svc")
+    (tmp / "params.yaml").write_text(yaml.safe_dump(server_params.to_dict()))
     env = {"EMOREC_MODEL": str(int8_model), "EMOREC_PARAMS": str(tmp / "params.yaml"),
            "BENTOML_HOME": str(tmp / "bentoml_home")}
     with BentoServer(log_path=tmp / "serve.log", env=env) as srv:
@@ -72,6 +83,28 @@ def png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def jpeg(rgb: np.ndarray) -> bytes:
+    """Real photos travel as JPEG (small enough for the test's byte limit)."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location(
+        "face_detectors_bench", REPO / "benchmarks" / "face_detectors.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCH = _load_bench()
+PHOTOS = BENCH.portraits()
+TRUTH = BENCH.PORTRAIT_FACES
+CROPPED = {"mode": "cropped"}
 
 
 def sample_images() -> list[bytes]:
@@ -90,21 +123,32 @@ def post(server: BentoServer, route: str, files, data=None, **kwargs) -> request
 
 
 def assert_still_serving(server: BentoServer) -> None:
-    resp = post(server, "classify", files={"image": ("ok.png", sample_images()[0], "image/png")})
+    resp = post(server, "classify", files={"image": ("ok.png", sample_images()[0], "image/png")},
+                data=CROPPED)
     assert resp.status_code == 200, resp.text
+    assert resp.json()["faces"]
 
 
-def test_classify_agrees_with_onnxruntime(server, reference):
+def probabilities(answer: dict, classes: list[str]) -> np.ndarray:
+    return np.array([answer["probabilities"][c] for c in classes])
+
+
+def test_cropped_mode_agrees_with_onnxruntime(server, reference):
     for data in sample_images():
-        resp = post(server, "classify", files={"image": ("face.png", data, "image/png")})
+        resp = post(server, "classify", files={"image": ("face.png", data, "image/png")},
+                    data=CROPPED)
         assert resp.status_code == 200, resp.text
         body = resp.json()
+        (face,) = body["faces"]
+        width, height = open_image(data).size
+        assert face["box"] == [0, 0, width, height] and face["landmarks"] is None
         want = expected(reference, data)
-        got = np.array([body["probabilities"][c] for c in reference.classes])
-        np.testing.assert_allclose(got, want, atol=1e-5)
-        assert body["label"] == reference.classes[int(np.argmax(want))]
-        assert body["confidence"] == pytest.approx(float(want.max()), abs=1e-5)
-        assert body["face_box"] is None
+        np.testing.assert_allclose(probabilities(face, reference.classes), want, atol=1e-5)
+        assert face["label"] == reference.classes[int(np.argmax(want))]
+        assert face["confidence"] == pytest.approx(float(want.max()), abs=1e-5)
+        # the single-face API's fields repeat the (only) face
+        assert (body["label"], body["face_box"]) == (face["label"], face["box"])
+        assert "message" not in body
 
 
 def test_exif_rotated_photo_is_classified_upright(server, reference):
@@ -114,21 +158,22 @@ def test_exif_rotated_photo_is_classified_upright(server, reference):
     exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
     buf = io.BytesIO()
     upright.transpose(Image.Transpose.ROTATE_90).save(buf, format="PNG", exif=exif)
-    resp = post(server, "classify", files={"image": ("phone.png", buf.getvalue(), "image/png")})
+    resp = post(server, "classify", files={"image": ("phone.png", buf.getvalue(), "image/png")},
+                data=CROPPED)
     assert resp.status_code == 200, resp.text
-    got = np.array([resp.json()["probabilities"][c] for c in reference.classes])
+    got = probabilities(resp.json()["faces"][0], reference.classes)
     np.testing.assert_allclose(got, expected(reference, png(upright)), atol=1e-5)
 
 
 def test_classify_batch_keeps_order(server, reference):
     images = sample_images()
     files = [("images", (f"{i}.png", data, "image/png")) for i, data in enumerate(images)]
-    resp = post(server, "classify_batch", files=files)
+    resp = post(server, "classify_batch", files=files, data=CROPPED)
     assert resp.status_code == 200, resp.text
     answers = resp.json()
     assert len(answers) == len(images)
     for data, answer in zip(images, answers, strict=True):
-        got = np.array([answer["probabilities"][c] for c in reference.classes])
+        got = probabilities(answer["faces"][0], reference.classes)
         np.testing.assert_allclose(got, expected(reference, data), atol=1e-5)
 
 
@@ -138,9 +183,10 @@ def test_concurrent_requests_share_batches_correctly(server, reference):
     images = [png(face_like(rng, 56)) for _ in range(16)]
 
     def one(data: bytes) -> np.ndarray:
-        resp = post(server, "classify", files={"image": ("c.png", data, "image/png")})
+        resp = post(server, "classify", files={"image": ("c.png", data, "image/png")},
+                    data=CROPPED)
         assert resp.status_code == 200, resp.text
-        return np.array([resp.json()["probabilities"][c] for c in reference.classes])
+        return probabilities(resp.json()["faces"][0], reference.classes)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(one, images))
@@ -148,27 +194,99 @@ def test_concurrent_requests_share_batches_correctly(server, reference):
         np.testing.assert_allclose(got, expected(reference, data), atol=1e-5)
 
 
-def test_face_crop_flag(server, reference):
-    from emorec.demo_faces import render_face
+@pytest.fixture(scope="module")
+def face_settings(server_params) -> FaceSettings:
+    return FaceSettings.from_params(server_params)
 
-    canvas = Image.new("L", (220, 180), 30)
-    canvas.paste(Image.fromarray(render_face("happy", np.random.default_rng(0), size=96)),
-                 (80, 40))
-    data = png(canvas)
-    crop, box = crop_largest_face(open_image(data), margin=0.15)
-    assert box is not None, "the demo face must be detectable for this test"
-    resp = post(server, "classify", files={"image": ("f.png", data, "image/png")},
-                data={"face_crop": "true"})
+
+def expected_faces(reference: OnnxClassifier, data: bytes, settings: FaceSettings):
+    """What the server should answer in mode ``faces``: the same detection, crops and model,
+    run here in-process."""
+    found = find_faces(open_image(data), "faces", settings, reference.preprocess)
+    return found.faces, reference.probabilities(np.stack(found.inputs))
+
+
+def test_real_photo_gets_one_face_with_its_emotion(server, reference, face_settings):
+    data = jpeg(PHOTOS["astronaut"])
+    resp = post(server, "classify", files={"image": ("astronaut.jpg", data, "image/jpeg")})
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["face_box"] == list(box)
-    got = np.array([body["probabilities"][c] for c in reference.classes])
-    np.testing.assert_allclose(got, reference.predict_images([crop])[0], atol=1e-5)
-    # without the flag the whole picture is classified
-    whole = post(server, "classify", files={"image": ("f.png", data, "image/png")}).json()
-    assert whole["face_box"] is None
-    np.testing.assert_allclose([whole["probabilities"][c] for c in reference.classes],
-                               expected(reference, data), atol=1e-5)
+    (face,) = body["faces"]
+    assert BENCH.iou(tuple(face["box"]), TRUTH["astronaut"]) > 0.5
+    assert {"left_eye", "right_eye", "nose"} <= set(face["landmarks"])
+    assert face["detection_score"] >= face_settings.score_threshold
+    faces, want = expected_faces(reference, data, face_settings)
+    assert face["box"] == list(faces[0].box)
+    np.testing.assert_allclose(probabilities(face, reference.classes), want[0], atol=1e-5)
+    assert body["label"] == face["label"] and body["face_box"] == face["box"]
+
+
+def test_group_photo_gets_one_entry_per_face(server, reference, face_settings):
+    rgb, boxes = BENCH.tile_row([(PHOTOS[n], (TRUTH[n],)) for n in ("astronaut", "grace_hopper")])
+    data = jpeg(rgb)
+    resp = post(server, "classify", files={"image": ("group.jpg", data, "image/jpeg")})
+    assert resp.status_code == 200, resp.text
+    faces = resp.json()["faces"]
+    assert len(faces) == 2
+    for truth in boxes:  # every real face is answered once
+        assert sum(BENCH.iou(tuple(f["box"]), truth) > 0.5 for f in faces) == 1
+    _, want = expected_faces(reference, data, face_settings)
+    for face, row in zip(faces, want, strict=True):
+        np.testing.assert_allclose(probabilities(face, reference.classes), row, atol=1e-5)
+
+
+def _cmyk_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("CMYK", (160, 120), (0, 0, 0, 90)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+NO_FACE_UPLOADS = {
+    "flat_grey_png": png(Image.new("L", (160, 120), 128)),
+    "flat_16bit_png": png(Image.fromarray(np.full((120, 160), 30000, dtype=np.uint16))),
+    "flat_cmyk_jpeg": _cmyk_jpeg(),
+}
+
+
+@pytest.mark.parametrize("case", list(NO_FACE_UPLOADS))
+@pytest.mark.parametrize("mode", ["faces", "cropped"])
+def test_blank_upload_never_gets_an_emotion(server, case, mode):
+    resp = post(server, "classify", files={"image": ("blank", NO_FACE_UPLOADS[case])},
+                data={"mode": mode})
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"faces": [], "message": NO_FACE}
+
+
+def test_faceless_photo_has_no_face(server):
+    from skimage import data
+
+    resp = post(server, "classify", files={"image": ("cat.jpg", jpeg(data.chelsea()))})
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"faces": [], "message": NO_FACE}
+
+
+def test_batch_mixes_faces_and_no_face(server):
+    files = [("images", ("a.jpg", jpeg(PHOTOS["astronaut"]), "image/jpeg")),
+             ("images", ("b.png", NO_FACE_UPLOADS["flat_grey_png"], "image/png")),
+             ("images", ("c.jpg", jpeg(PHOTOS["grace_hopper"]), "image/jpeg"))]
+    resp = post(server, "classify_batch", files=files)
+    assert resp.status_code == 200, resp.text
+    counts = [len(a["faces"]) for a in resp.json()]
+    assert counts == [1, 0, 1]
+    assert resp.json()[1]["message"] == NO_FACE
+
+
+def test_legacy_face_crop_flag_maps_to_modes(server, reference):
+    """``face_crop=false`` (the old default) classifies the whole upload, ``true`` detects."""
+    data = sample_images()[1]
+    whole = post(server, "classify", files={"image": ("f.png", data)},
+                 data={"face_crop": "false"}).json()
+    assert whole == post(server, "classify", files={"image": ("f.png", data)},
+                         data=CROPPED).json()
+    photo = jpeg(PHOTOS["astronaut"])
+    detected = post(server, "classify", files={"image": ("a.jpg", photo)},
+                    data={"face_crop": "true"}).json()
+    assert detected == post(server, "classify", files={"image": ("a.jpg", photo)}).json()
 
 
 def _truncated() -> bytes:
@@ -198,6 +316,11 @@ BAD_REQUESTS = {
     "text_instead_of_file": ("classify", {"data": {"image": "face.png"}}, 400,
                              "expected an uploaded image file"),
     "json_body": ("classify", {"json": {"image": "aGVsbG8="}}, 400, "image"),
+    "unknown_mode": ("classify", {"files": {"image": ("x.png", sample_images()[0], "image/png")},
+                                  "data": {"mode": "everything"}}, 400, "mode"),
+    "contradicting_mode": ("classify",
+                           {"files": {"image": ("x.png", sample_images()[0], "image/png")},
+                            "data": {"mode": "faces", "face_crop": "false"}}, 400, "contradicts"),
     "batch_with_bad_image": (
         "classify_batch",
         {"files": [("images", ("a.png", sample_images()[0], "image/png")),

