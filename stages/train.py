@@ -2,6 +2,11 @@
 
 Single process: ``python stages/train.py``. Data parallel on N processes (gloo on CPU, NCCL on
 CUDA): ``torchrun --nproc_per_node=N stages/train.py`` (rank 0 logs and writes the outputs).
+
+An interrupted run resumes by itself: the state in ``--state`` (a persistent DVC output, kept
+across reruns) is continued when it was written under the same params (``train.epochs`` may
+grow), data, code and process count; anything else starts at epoch 1 with a log line saying why.
+SIGINT/SIGTERM stop after the current step with the state saved (exit status 128 + signal).
 """
 
 from __future__ import annotations
@@ -27,11 +32,11 @@ def build_parser():
     parser.add_argument("--out", type=Path, default=Path("models/best.pt"),
                         help="best checkpoint (highest val macro-F1)")
     parser.add_argument("--state", type=Path, default=Path("models/last.pt"),
-                        help="resumable training state, written every epoch")
+                        help="resumable training state, written every epoch and on SIGINT/SIGTERM")
     parser.add_argument("--live-dir", type=Path, default=Path("reports/train"),
                         help="dvclive directory: metrics.json and per-epoch plots")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run saved in --state (same params, more epochs ok)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start at epoch 1 even when --state holds a run to continue")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -39,8 +44,8 @@ def build_parser():
 def main(params, args) -> None:
     paths = TrainPaths(train_csv=args.train_csv, val_csv=args.val_csv, label_map=args.label_map,
                        class_weights=args.class_weights, best=args.out, state=args.state,
-                       live_dir=args.live_dir)
-    run(params, paths, resume=args.resume, progress=not args.no_progress)
+                       live_dir=args.live_dir, code=(Path(__file__),))
+    run(params, paths, resume=not args.fresh, progress=not args.no_progress)
 
 
 if __name__ == "__main__":

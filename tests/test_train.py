@@ -79,13 +79,13 @@ def test_train_stage_learns_then_resumes(workdir, repo_params_raw):
     assert _tsv_steps(live, "train/backbone_frozen") == [0, 1]
     assert not (live / "dvc.yaml").exists()  # dvc.yaml at the repo root declares the plots
 
-    # "interrupted" after 2 epochs: ask for 3 and continue from the saved state
+    # more epochs continue the saved run (schedules are re-evaluated) without any flag
     params.write_text(yaml.safe_dump(tiny_params(repo_params_raw, model="test_convnext",
                                                  epochs=3)))
-    proc = run_python([str(STAGES / "train.py"), "--params", str(params), "--no-progress",
-                       "--resume"], workdir)
+    proc = run_python([str(STAGES / "train.py"), "--params", str(params), "--no-progress"],
+                      workdir)
     assert proc.returncode == 0, proc.stderr
-    assert "resuming after epoch 2" in proc.stderr
+    assert "resuming after epoch 2/3" in proc.stderr
     assert "epoch 3/3" in proc.stderr and "epoch 1/3" not in proc.stderr
     assert json.loads((live / "metrics.json").read_text())["step"] == 2
     assert _tsv_steps(live, "val/macro_f1") == [0, 1, 2]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,18 @@ from emorec.config import Params, load_params
 from emorec.errors import EmorecError
 
 log = logging.getLogger("emorec")
+
+
+class Interrupted(EmorecError):
+    """A stage stopped on a signal after saving what it could; the message says how to go on.
+
+    The exit status is the shell's convention for death by signal (128 + number), so DVC and
+    scripts see a failed stage, while the user reads one line instead of a traceback.
+    """
+
+    def __init__(self, signum: int, message: str):
+        self.exit_code = 128 + signum
+        super().__init__(message)
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -30,14 +43,23 @@ def run_stage(main: Callable[[Params, argparse.Namespace], None], parser: argpar
     """Parse arguments, load params and run ``main``.
 
     Problems with input or configuration (:class:`EmorecError`) end the stage with a one-line
-    message and exit status 2, so a user reads what was wrong instead of a traceback.
+    message and exit status 2, so a user reads what was wrong instead of a traceback. A stage
+    stopped by a signal (:class:`Interrupted`, or Ctrl-C anywhere else) also ends with one line
+    and status 128 + signal.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
         main(params, args)
+    except Interrupted as err:
+        print(f"stopped: {err}", file=sys.stderr)
+        return err.exit_code
     except EmorecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("stopped: interrupted (SIGINT); run it again (`dvc repro`) to finish the stage",
+              file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0

@@ -10,9 +10,16 @@ so a new head does not push large random gradients into pretrained features; the
 trains with discriminative learning rates (``lr_backbone`` < ``lr_head``).
 
 Validation uses the EMA weights when EMA is on; those are the weights saved to ``best.pt``.
-Every epoch the full resumable state goes to ``last.pt``; random generators are re-seeded from
-``(seed, epoch, rank)`` at the start of each epoch, so a resumed run continues exactly like an
-uninterrupted one without having to store generator states.
+
+Runs survive interruption. Every epoch the full resumable state goes to ``last.pt`` (written
+atomically, with a content checksum), and SIGINT/SIGTERM stop the loop after the current step
+with the state of the unfinished epoch saved too. A new run continues that state when it was
+written under the same fingerprint (the stage's params except ``train.epochs``, data md5s, code
+md5s, number of processes) and starts from epoch 1, saying why in one log line, otherwise.
+Random generators are re-seeded from ``(seed, epoch, rank)`` at the start of each epoch and an
+unfinished epoch replays its batches and restores the generator states saved at the stop, so a
+resumed run gives the results of an uninterrupted one. The dvclive log is rebuilt from the
+per-epoch records kept in the state, so its step series has no gaps or repeats.
 
 Data that fits in memory (``train.in_memory``) is decoded once and augmented in whole batches
 (:mod:`emorec.memory_data`); larger sets stream from files through a ``DataLoader``.
@@ -24,13 +31,16 @@ the device and are read once per epoch (see ``benchmarks/train_throughput.py``).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import os
 import random
+import signal
+import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +60,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, get_worker_
 from tqdm import tqdm
 
 from emorec.callbacks import EarlyStopping
+from emorec.cli import Interrupted
 from emorec.config import Params
 from emorec.data import FaceDataset
 from emorec.errors import DataError, EmorecError, ParamsError
@@ -63,7 +74,7 @@ from emorec.memory_data import (
     load_split,
 )
 from emorec.metrics import classification_metrics
-from emorec.models import create_model, save_checkpoint
+from emorec.models import create_model, replacing, save_checkpoint, temp_path
 from emorec.models import device as default_device
 from emorec.precision import autocast, resolve_precision
 from emorec.splits import check_images_exist, read_split
@@ -318,6 +329,81 @@ def param_groups(model: nn.Module, lr_backbone: float, lr_head: float, weight_de
     return list(groups.values())
 
 
+def rng_state() -> dict[str, Any]:
+    """The global generators a training step draws from (MixUp, dropout, random erasing)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class EpochProgress:
+    """A training epoch's running results: what a stop in the middle of the epoch saves.
+
+    ``rng`` holds the global generator states right after the last step, so a resumed epoch
+    (which replays its first ``batches`` from the loader, whose own generators are re-seeded
+    per epoch) draws exactly the numbers the uninterrupted epoch would have drawn.
+    """
+
+    epoch: int
+    lrs: dict[str, float]
+    batches: int = 0
+    elapsed: float = 0.0
+    losses: list[torch.Tensor] = field(default_factory=list)
+    preds: list[torch.Tensor] = field(default_factory=list)
+    targets: list[torch.Tensor] = field(default_factory=list)
+    norms: list[torch.Tensor] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    rng: dict[str, Any] | None = None
+
+    def add(self, loss: torch.Tensor, pred: torch.Tensor, grad_norm: torch.Tensor,
+            y: torch.Tensor) -> None:
+        self.losses.append(loss)
+        self.preds.append(pred)
+        self.norms.append(grad_norm)
+        self.targets.append(y)
+        self.sizes.append(len(y))
+        self.batches += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain CPU values (device tensors are read once here, at the stop)."""
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key in ("losses", "preds", "norms", "targets"):
+            state[key] = [t.cpu() for t in state[key]]
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochProgress:
+        progress = cls(**state)
+        for key in ("losses", "preds", "norms"):
+            setattr(progress, key, [t.to(device) for t in getattr(progress, key)])
+        return progress
+
+
+class EpochInterrupted(Exception):
+    """A stop request ended :meth:`Trainer.train_epoch` after a step; carries the progress."""
+
+    def __init__(self, progress: EpochProgress):
+        super().__init__(f"epoch {progress.epoch + 1} stopped after step {progress.batches}")
+        self.progress = progress
+
+
+def _skip(batches: Iterator[Any], n: int) -> None:
+    """Draw and drop ``n`` batches: the loader's generators then stand where the stop left them."""
+    for _ in range(n):
+        next(batches)
+
+
 class Trainer:
     """Model, optimizer, schedule, EMA, MixUp and mixed precision; one ``train_step`` per batch."""
 
@@ -415,32 +501,43 @@ class Trainer:
 
     # -- epochs ---------------------------------------------------------------------------------
     def train_epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], epoch: int,
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False, should_stop: Callable[[int], bool] | None = None,
+                    resume_from: EpochProgress | None = None) -> dict[str, Any]:
         """Train on every batch; metrics over all ranks, read from the device once at the end.
 
         Accuracy and F1 compare predictions on the (possibly mixed) inputs with the original
         labels, so with MixUp they are a lower bound of clean training accuracy.
+
+        ``should_stop(steps done)`` is asked after every step; when it says yes the epoch ends
+        with :class:`EpochInterrupted`. ``resume_from`` continues such an epoch: the batches it
+        had trained on are drawn again and dropped, then its generator states are restored.
         """
         self.set_backbone_frozen(epoch < self.cfg.freeze_backbone_epochs)
         self.model.train()
-        lrs = self.lrs()
-        losses, preds, targets, norms, sizes = [], [], [], [], []
+        run = resume_from or EpochProgress(epoch, self.lrs())
+        batch_iter = iter(batches)
+        if resume_from is not None:
+            _skip(batch_iter, run.batches)
+            set_rng_state(run.rng)
         start = time.perf_counter()
         total = len(batches) if hasattr(batches, "__len__") else None
-        for x, y in tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-                         disable=not progress, leave=False):
-            loss, pred, grad_norm = self.train_step(x, y)
-            losses.append(loss)
-            preds.append(pred)
-            norms.append(grad_norm)
-            targets.append(y)
-            sizes.append(len(y))
-        if not losses:
+        for x, y in tqdm(batch_iter, total=total, initial=run.batches, disable=not progress,
+                         desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False):
+            run.add(*self.train_step(x, y), y)
+            if should_stop is not None and should_stop(run.batches):
+                run.elapsed += time.perf_counter() - start
+                run.rng = rng_state()
+                raise EpochInterrupted(run)
+        run.elapsed += time.perf_counter() - start
+        return self._epoch_metrics(run)
+
+    def _epoch_metrics(self, run: EpochProgress) -> dict[str, Any]:
+        """Loss, accuracy, macro-F1 and gradient norms of a finished epoch, over all ranks."""
+        if not run.losses:
             raise DataError("the training loader yielded no batches (empty train split?)")
-        loss_sum = float((torch.stack(losses).float().cpu() * torch.tensor(sizes)).sum())
-        local = (loss_sum, torch.cat(preds).cpu().numpy(), torch.cat(targets).numpy(),
-                 torch.stack(norms).float().cpu().numpy())
-        elapsed = time.perf_counter() - start
+        loss_sum = float((torch.stack(run.losses).float().cpu() * torch.tensor(run.sizes)).sum())
+        local = (loss_sum, torch.cat(run.preds).cpu().numpy(), torch.cat(run.targets).numpy(),
+                 torch.stack(run.norms).float().cpu().numpy())
         parts = all_gather(local, self.env)
         y_pred = np.concatenate([p[1] for p in parts])
         y_true = np.concatenate([p[2] for p in parts])
@@ -449,8 +546,8 @@ class Trainer:
         return {
             "loss": sum(p[0] for p in parts) / len(y_true), "accuracy": m["accuracy"],
             "macro_f1": m["macro_f1"], "grad_norm_mean": float(norms_all.mean()),
-            "grad_norm_max": float(norms_all.max()), "epoch_time_s": elapsed,
-            "images_per_s": len(y_true) / elapsed, "images": len(y_true), "lr": lrs,
+            "grad_norm_max": float(norms_all.max()), "epoch_time_s": run.elapsed,
+            "images_per_s": len(y_true) / run.elapsed, "images": len(y_true), "lr": run.lrs,
             "backbone_frozen": bool(self.backbone_frozen),
         }
 
@@ -518,6 +615,8 @@ class TrainPaths:
     state: Path
     live_dir: Path
     root: Path = Path(".")
+    #: files besides :data:`CODE_MODULES` whose md5 is part of the resume fingerprint
+    code: tuple[Path, ...] = ()
 
 
 Batches = DataLoader | BatchIterator
@@ -596,60 +695,299 @@ def _seed_epoch(seed: int, epoch: int, env: DistEnv, loader: Batches) -> None:
     loader.dataset.rng = np.random.default_rng(s)
 
 
-def _save_state(path: Path, trainer: Trainer, stopper: EarlyStopping, next_epoch: int,
-                cfg: TrainConfig, version: dict[str, str]) -> None:
-    """Write the resumable state atomically, so an interrupt never leaves a half-written file."""
+# -- resumable runs ------------------------------------------------------------------------------
+#: Params sections the train stage reads (its ``params:`` in dvc.yaml).
+STAGE_PARAMS = ("seed", "classes", "image", "train")
+#: Params that may differ between a saved run and the run continuing it: schedules are functions
+#: of (epoch, update) re-evaluated at the resume point (:meth:`Trainer.load_state_dict`), so more
+#: epochs extend a run instead of invalidating it.
+RESUMABLE_CHANGES = frozenset({"train.epochs"})
+#: The train stage's code deps in dvc.yaml (tests/test_resume.py keeps the lists equal); the
+#: stage script adds itself through ``TrainPaths.code``.
+CODE_MODULES = ("emorec.splits", "emorec.training", "emorec.callbacks", "emorec.evaluation",
+                "emorec.precision", "emorec.memory_data", "emorec.models", "emorec.data",
+                "emorec.transforms")
+#: Layout version of the state file; a state of another layout is not resumed.
+STATE_FORMAT = 2
+#: Under DDP the ranks agree on a stop request every this many steps (one all-reduce each).
+DDP_STOP_POLL = 10
+
+
+class StateError(Exception):
+    """A saved training state that cannot be continued; the message says why."""
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested params as dotted keys (``{"train.lr_head": 0.003}``), to name what changed."""
+    if isinstance(tree, dict) and tree:
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.removesuffix("."): tree}
+
+
+def code_version(extra: Iterable[str | Path] = ()) -> dict[str, str]:
+    """``{module or file name: md5}`` of the code a training run's results depend on."""
+    files = {name: Path(importlib.import_module(name).__file__) for name in CODE_MODULES}
+    files.update({Path(p).name: Path(p) for p in extra})
+    return {name: file_md5(path) for name, path in files.items()}
+
+
+def run_fingerprint(params: Params, version: dict[str, str], code: Iterable[str | Path] = (),
+                    world_size: int = 1) -> dict[str, Any]:
+    """What a run's results depend on; a state is continued only under an equal fingerprint.
+
+    The values themselves rather than one hash, so a refusal can name what changed.
+    """
+    raw = params.to_dict()
+    flat = _flatten({key: raw.get(key) for key in STAGE_PARAMS})
+    return {"params": {k: v for k, v in flat.items() if k not in RESUMABLE_CHANGES},
+            "data": dict(version), "code": code_version(code), "world_size": world_size}
+
+
+def _names(keys: Sequence[str]) -> str:
+    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def fingerprint_change(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """Why a state written under ``saved`` cannot continue under ``current``; None if it can."""
+    missing = object()
+    for part, label in (("params", "params"), ("data", "training data"), ("code", "code")):
+        old, new = saved.get(part, {}), current[part]
+        changed = sorted(k for k in old.keys() | new.keys()
+                         if old.get(k, missing) != new.get(k, missing))
+        if changed:
+            return f"{label} changed ({_names(changed)})"
+    if saved.get("world_size") != current["world_size"]:
+        return (f"it was written by {saved.get('world_size')} process(es), this run has "
+                f"{current['world_size']}")
+    return None
+
+
+def state_digest(obj: Any) -> str:
+    """SHA-256 of a state's content (tensors by their bytes), independent of its pickling.
+
+    ``torch.load`` notices a truncated or garbled archive but not flipped bytes inside tensor
+    data; comparing this digest with the one stored at save time does.
+    """
+    digest = hashlib.sha256()
+    _feed(digest, obj)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        flat = obj.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"T{flat.dtype}{tuple(obj.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    elif isinstance(obj, np.ndarray):
+        digest.update(f"A{obj.dtype}{obj.shape}".encode())
+        digest.update(np.ascontiguousarray(obj).tobytes())
+    elif isinstance(obj, dict):
+        digest.update(b"{")
+        for key, value in obj.items():
+            _feed(digest, key)
+            _feed(digest, value)
+        digest.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        digest.update(b"[" if isinstance(obj, list) else b"(")
+        for item in obj:
+            _feed(digest, item)
+        digest.update(b"]")
+    else:
+        digest.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write a state with its content digest, atomically (temp file renamed into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"epoch": next_epoch, "model_name": cfg.model, "config": asdict(cfg),
-                "trainer": trainer.state_dict(), "early_stopping": stopper.state_dict(),
-                "data_version": version}, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as fobj:
+        torch.save({**state, "checksum": state_digest(state)}, fobj)
 
 
-def _load_state(path: Path, trainer: Trainer, stopper: EarlyStopping, cfg: TrainConfig,
-                version: dict[str, str]) -> int:
-    """Restore ``last.pt``; returns the epoch to continue with."""
-    if not path.is_file():
-        raise EmorecError(f"--resume: no training state at {path}; start without --resume")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state["model_name"] != cfg.model:
-        raise EmorecError(f"--resume: {path} holds a {state['model_name']} run but train.model is "
-                          f"{cfg.model}; start without --resume")
-    if state["data_version"] != version:
-        log.warning("--resume: the training data changed since %s was written", path)
+def read_state(path: Path) -> dict[str, Any]:
+    """A state written by :func:`save_state`; :class:`StateError` when it cannot be trusted."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a damaged archive fails in many ways (zip, pickle, unicode, EOF)
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise StateError(f"unreadable ({type(err).__name__}: {detail})") from err
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise StateError("written by another version of the train stage")
+    stored = state.pop("checksum", None)
+    if stored != state_digest(state):
+        raise StateError("checksum mismatch, the file is damaged")
+    return state
+
+
+@dataclass
+class RunLog:
+    """What the state keeps besides the trainer: the run's identity, one record per finished
+    epoch (to rebuild the dvclive log) and the md5 of the best checkpoint saved so far."""
+
+    fingerprint: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_md5: str | None = None
+
+
+def _state(trainer: Trainer, stopper: EarlyStopping, epoch: int, cfg: TrainConfig,
+           run_log: RunLog, partial: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The resumable state after ``epoch`` finished epochs (``partial``: every rank's progress in
+    the next, unfinished one)."""
+    return {"format": STATE_FORMAT, "epoch": epoch, "model_name": cfg.model,
+            "config": asdict(cfg), "fingerprint": run_log.fingerprint,
+            "trainer": trainer.state_dict(), "early_stopping": stopper.state_dict(),
+            "history": run_log.history, "best_md5": run_log.best_md5, "partial": partial}
+
+
+def resumable_state(paths: TrainPaths, cfg: TrainConfig, fingerprint: dict[str, Any]
+                    ) -> dict[str, Any] | None:
+    """The saved state this run continues, or None (saying why in one line) to start afresh."""
+    if not paths.state.is_file():
+        return None
+    try:
+        state = read_state(paths.state)
+        _check_resumable(state, cfg, fingerprint, paths.best)
+    except StateError as err:
+        log.warning("not resuming from %s: %s; training starts at epoch 1", paths.state, err)
+        return None
+    return state
+
+
+def _check_resumable(state: dict[str, Any], cfg: TrainConfig, fingerprint: dict[str, Any],
+                     best: Path) -> None:
+    change = fingerprint_change(state["fingerprint"], fingerprint)
+    if change:
+        raise StateError(change)
+    done, unfinished = int(state["epoch"]), state["partial"] is not None
+    if done > cfg.epochs or (unfinished and done >= cfg.epochs):
+        raise StateError(f"it is {done} epochs into its run and train.epochs is now {cfg.epochs}")
+    if state["best_md5"] and (not best.is_file() or file_md5(best) != state["best_md5"]):
+        raise StateError(f"{best} is missing or not the checkpoint saved with it")
+
+
+def _restore(state: dict[str, Any], trainer: Trainer, stopper: EarlyStopping, run_log: RunLog,
+             cfg: TrainConfig, path: Path) -> tuple[int, list[dict[str, Any]] | None]:
+    """Load a :func:`resumable_state`; returns (epoch to continue with, unfinished progress)."""
     epoch = int(state["epoch"])
     trainer.load_state_dict(state["trainer"], epoch)
     stopper.load_state_dict(state["early_stopping"])
-    log.info("resuming after epoch %d (best val macro-F1 %.4f at epoch %d)", epoch,
-             stopper.best, stopper.best_epoch + 1)
-    return epoch
+    run_log.history, run_log.best_md5 = list(state["history"]), state["best_md5"]
+    partial = state["partial"]
+    where = (f"in epoch {epoch + 1}/{cfg.epochs} after step {partial[0]['batches']}"
+             if partial else f"after epoch {epoch}/{cfg.epochs}")
+    best = (f"; best val macro-F1 {stopper.best:.4f} at epoch {stopper.best_epoch + 1}"
+            if stopper.best_epoch >= 0 else "")
+    log.info("resuming %s from %s%s", where, path, best)
+    return epoch, partial
 
 
-def _log_epoch(live: Any, epoch: int, train_m: dict[str, Any], val_m: dict[str, Any],
-               trainer: Trainer, stopper: EarlyStopping) -> None:
-    """One dvclive step per epoch (step = epoch index)."""
-    live.step = epoch
-    for split, m in (("train", train_m), ("val", val_m)):
-        for key in ("loss", "accuracy", "macro_f1"):
-            live.log_metric(f"{split}/{key}", m[key])
-    for part, lr in train_m["lr"].items():
-        live.log_metric(f"lr/{part}", lr)
-    live.log_metric("time/epoch_s", train_m["epoch_time_s"])
-    live.log_metric("time/images_per_s", train_m["images_per_s"])
-    live.log_metric("norm/weight", trainer.weight_norm())
-    live.log_metric("norm/grad_mean", train_m["grad_norm_mean"])
-    live.log_metric("norm/grad_max", train_m["grad_norm_max"])
-    live.log_metric("train/backbone_frozen", int(train_m["backbone_frozen"]))
-    live.log_metric("data/train_images_per_epoch", train_m["images"], plot=False)
-    live.log_metric("data/val_images", val_m["n"], plot=False)
-    live.log_metric("best/val_macro_f1", stopper.best, plot=False)
-    live.log_metric("best/epoch", stopper.best_epoch, plot=False)
+def _clear_outputs(paths: TrainPaths, fresh: bool) -> None:
+    """Remove temp files a crash left; before a fresh start also the old state and best model."""
+    for path in (paths.state, paths.best):
+        temp_path(path).unlink(missing_ok=True)
+        if fresh:
+            path.unlink(missing_ok=True)
+
+
+class StopSignal:
+    """SIGINT/SIGTERM ask the training loop to stop at the next step instead of killing it.
+
+    The handler only records the signal (logging from a handler can re-enter a stream write);
+    the loop polls :meth:`requested` between steps, saves the state and raises
+    :class:`Interrupted`. Under DDP all ranks take part in an all-reduce of the flag so they stop
+    after the same step; that collective is also a host sync on CUDA, so it runs every
+    ``DDP_STOP_POLL`` steps. Repeated signals change nothing: torchrun forwards the terminal's
+    SIGINT to workers that already got it. Handlers are only installed in the main thread.
+    """
+
+    def __init__(self, env: DistEnv, device: torch.device):
+        self.env, self.device = env, device
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _record(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def requested(self, steps: int | None = None) -> bool:
+        """Whether to stop now (``steps``: steps done in this epoch, for the DDP poll rate)."""
+        if not self.env.enabled:
+            return self.signum is not None
+        if steps is not None and steps % DDP_STOP_POLL:
+            return False
+        flag = torch.tensor([self.signum or 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.signum = int(flag.item()) or None
+        return self.signum is not None
+
+    def interrupted(self, where: str, state: Path) -> Interrupted:
+        """The error that ends the stage (the stage prints it as its one last line)."""
+        name = signal.Signals(self.signum).name
+        return Interrupted(self.signum, f"{name} {where}; training state saved to {state}, "
+                                        "run `dvc repro` to resume")
+
+
+def _save_stopped(paths: TrainPaths, trainer: Trainer, stopper: EarlyStopping, cfg: TrainConfig,
+                  run_log: RunLog, progress: EpochProgress, env: DistEnv) -> None:
+    """Save the state with every rank's unfinished epoch (rank 0 writes it)."""
+    parts = all_gather(progress.state_dict(), env)
+    if env.is_main:
+        save_state(paths.state, _state(trainer, stopper, progress.epoch, cfg, run_log, parts))
+    if env.enabled:
+        dist.barrier()
+
+
+# -- dvclive -------------------------------------------------------------------------------------
+#: Metrics written to metrics.json only, without a per-epoch plot.
+SUMMARY_ONLY = frozenset({"data/train_images_per_epoch", "data/val_images",
+                          "best/val_macro_f1", "best/epoch"})
+
+
+def _epoch_record(train_m: dict[str, Any], val_m: dict[str, Any], trainer: Trainer,
+                  stopper: EarlyStopping) -> dict[str, float]:
+    """What dvclive logs for one epoch, as plain numbers (kept in the state to rebuild the log)."""
+    record = {f"{split}/{key}": m[key] for split, m in (("train", train_m), ("val", val_m))
+              for key in ("loss", "accuracy", "macro_f1")}
+    record.update({f"lr/{part}": lr for part, lr in train_m["lr"].items()})
+    record.update({
+        "time/epoch_s": train_m["epoch_time_s"], "time/images_per_s": train_m["images_per_s"],
+        "norm/weight": trainer.weight_norm(), "norm/grad_mean": train_m["grad_norm_mean"],
+        "norm/grad_max": train_m["grad_norm_max"],
+        "train/backbone_frozen": int(train_m["backbone_frozen"]),
+        "data/train_images_per_epoch": train_m["images"], "data/val_images": val_m["n"],
+        "best/val_macro_f1": stopper.best, "best/epoch": stopper.best_epoch,
+    })
+    return record
+
+
+def _log_record(live: Any, step: int, record: dict[str, float]) -> None:
+    """One dvclive step (step = epoch index)."""
+    live.step = step
+    for name, value in record.items():
+        live.log_metric(name, value, plot=name not in SUMMARY_ONLY)
     live.next_step()
 
 
-def open_live(live_dir: Path, resume: bool) -> Any:
-    """A dvclive logger that leaves dvc.yaml alone (the stage declares metrics and plots there).
+def open_live(live_dir: Path, history: Sequence[dict[str, float]] = ()) -> Any:
+    """A dvclive logger on a cleared ``live_dir`` with ``history`` logged as steps 0, 1, ...
+
+    A resumed run rebuilds the log from the records in its state rather than appending to what
+    the interrupted run left: a stop can fall between two metrics of a step or after the log but
+    before the state, and rebuilding leaves no repeated or missing steps. ``metrics.json`` is
+    written atomically (dvclive's tsv rows are appended one line per write).
 
     ``dvcyaml=False`` keeps dvclive from writing its own dvc.yaml; ``save_dvc_exp=False`` because
     experiments come from ``dvc exp run``. dvclive asks git for HEAD before checking that a commit
@@ -657,6 +995,7 @@ def open_live(live_dir: Path, resume: bool) -> Any:
     repo) it would crash; there it logs without the git integration instead.
     """
     from dvclive import Live
+    from dvclive.plots import NumpyEncoder
     from scmrepo.exceptions import SCMError
 
     class _Live(Live):
@@ -668,12 +1007,28 @@ def open_live(live_dir: Path, resume: bool) -> Any:
                 self._dvc_file = self._init_dvc_file()
                 self._save_dvc_exp = False
 
-    return _Live(str(live_dir), resume=resume, dvcyaml=False, save_dvc_exp=False, report=None)
+        def make_summary(self) -> None:  # dvclive's, through a temp file renamed into place
+            if self._step is not None:
+                self.summary["step"] = self.step
+            text = json.dumps(self.summary, indent=4, cls=NumpyEncoder) + "\n"
+            with replacing(self.metrics_file) as fobj:
+                fobj.write(text.encode())
+
+    live = _Live(str(live_dir), resume=False, dvcyaml=False, save_dvc_exp=False, report=None)
+    for step, record in enumerate(history):
+        _log_record(live, step, record)
+    return live
 
 
-def fit(params: Params, paths: TrainPaths, resume: bool = False, env: DistEnv | None = None,
+# -- the loop ------------------------------------------------------------------------------------
+def fit(params: Params, paths: TrainPaths, resume: bool = True, env: DistEnv | None = None,
         progress: bool = True) -> dict[str, Any]:
-    """Train, validate every epoch, keep the best checkpoint; returns a summary (all ranks)."""
+    """Train, validate every epoch, keep the best checkpoint; returns a summary (all ranks).
+
+    A saved state written under this run's fingerprint is continued (``resume=False``: never);
+    otherwise training starts at epoch 1 and the old state and best checkpoint are removed.
+    SIGINT/SIGTERM during the epochs save the state and raise :class:`Interrupted`.
+    """
     env = env or DistEnv()
     cfg = TrainConfig.from_params(params)
     classes = params.classes
@@ -688,34 +1043,59 @@ def fit(params: Params, paths: TrainPaths, resume: bool = False, env: DistEnv | 
     stopper = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta)
     version = data_version([paths.train_csv, paths.val_csv, paths.label_map]
                            + ([paths.class_weights] if cfg.use_class_weights else []))
-    start = _load_state(paths.state, trainer, stopper, cfg, version) if resume else 0
-    live = open_live(paths.live_dir, resume) if env.is_main else None
+    run_log = RunLog(run_fingerprint(params, version, paths.code, env.world_size))
+    state = resumable_state(paths, cfg, run_log.fingerprint) if resume else None
+    if env.enabled:
+        dist.barrier()  # every rank has read the state before rank 0 may remove it
+    if env.is_main:
+        _clear_outputs(paths, fresh=state is None)
+    start, partial = (_restore(state, trainer, stopper, run_log, cfg, paths.state) if state
+                      else (0, None))
+    del state
+    live = open_live(paths.live_dir, run_log.history) if env.is_main else None
     if env.is_main:
         log.info("precision: %s (%s)", trainer.precision.name, trainer.precision.reason)
         live.summary["precision"] = trainer.precision.name
     epochs_run = 0
-    for epoch in range(start, cfg.epochs):
-        if stopper.should_stop:
-            break
-        _seed_epoch(params.seed, epoch, env, train_loader)
-        train_m = trainer.train_epoch(train_loader, epoch, progress=progress and env.is_main)
-        val_m = trainer.validate(val_loader)
-        improved = stopper.step(val_m["macro_f1"], epoch)
-        trainer.end_epoch(epoch, val_m["macro_f1"])
-        epochs_run += 1
-        if env.is_main:
-            _log_epoch(live, epoch, train_m, val_m, trainer, stopper)
-            if improved:
-                paths.best.parent.mkdir(parents=True, exist_ok=True)
-                save_checkpoint(paths.best, trainer.eval_model, model_name=cfg.model,
-                                classes=classes, image=dict(params.mapping("image")),
-                                params=params.to_dict(), data_version=version, epoch=epoch,
-                                metrics=val_m, world_size=env.world_size)
-            _save_state(paths.state, trainer, stopper, epoch + 1, cfg, version)
-            log.info("epoch %d/%d: train loss %.4f f1 %.3f | val loss %.4f acc %.3f f1 %.3f%s "
-                     "| %.1f img/s on %d process(es)", epoch + 1, cfg.epochs, train_m["loss"],
-                     train_m["macro_f1"], val_m["loss"], val_m["accuracy"], val_m["macro_f1"],
-                     " *" if improved else "", train_m["images_per_s"], env.world_size)
+    with StopSignal(env, device) as stop:
+        for epoch in range(start, cfg.epochs):
+            if stopper.should_stop:
+                break
+            if stop.requested():
+                raise stop.interrupted(f"after epoch {epoch}/{cfg.epochs}", paths.state)
+            _seed_epoch(params.seed, epoch, env, train_loader)
+            unfinished = (EpochProgress.from_state(partial[env.rank], device)
+                          if partial and epoch == start else None)
+            try:
+                train_m = trainer.train_epoch(train_loader, epoch, progress and env.is_main,
+                                              should_stop=stop.requested,
+                                              resume_from=unfinished)
+            except EpochInterrupted as stopped:
+                _save_stopped(paths, trainer, stopper, cfg, run_log, stopped.progress, env)
+                raise stop.interrupted(f"in epoch {epoch + 1}/{cfg.epochs} after step "
+                                       f"{stopped.progress.batches}/{len(train_loader)}",
+                                       paths.state) from None
+            val_m = trainer.validate(val_loader)
+            improved = stopper.step(val_m["macro_f1"], epoch)
+            trainer.end_epoch(epoch, val_m["macro_f1"])
+            epochs_run += 1
+            if env.is_main:
+                record = _epoch_record(train_m, val_m, trainer, stopper)
+                run_log.history.append(record)
+                _log_record(live, epoch, record)
+                if improved:
+                    paths.best.parent.mkdir(parents=True, exist_ok=True)
+                    save_checkpoint(paths.best, trainer.eval_model, model_name=cfg.model,
+                                    classes=classes, image=dict(params.mapping("image")),
+                                    params=params.to_dict(), data_version=version, epoch=epoch,
+                                    metrics=val_m, world_size=env.world_size)
+                    run_log.best_md5 = file_md5(paths.best)
+                save_state(paths.state, _state(trainer, stopper, epoch + 1, cfg, run_log))
+                log.info("epoch %d/%d: train loss %.4f f1 %.3f | val loss %.4f acc %.3f f1 %.3f%s "
+                         "| %.1f img/s on %d process(es)", epoch + 1, cfg.epochs,
+                         train_m["loss"], train_m["macro_f1"], val_m["loss"], val_m["accuracy"],
+                         val_m["macro_f1"], " *" if improved else "", train_m["images_per_s"],
+                         env.world_size)
     if stopper.should_stop and env.is_main:
         log.info("early stopping: no val macro-F1 gain for %d epochs (best %.4f at epoch %d)",
                  stopper.bad_epochs, stopper.best, stopper.best_epoch + 1)
@@ -724,13 +1104,13 @@ def fit(params: Params, paths: TrainPaths, resume: bool = False, env: DistEnv | 
     if env.enabled:
         dist.barrier()
     if not paths.best.is_file():
-        raise EmorecError(f"no best checkpoint at {paths.best}; train without --resume")
+        raise EmorecError(f"no best checkpoint at {paths.best}; train again with --fresh")
     return {"epochs_run": epochs_run, "start_epoch": start, "best_epoch": stopper.best_epoch,
             "precision": trainer.precision.name,
             "best_val_macro_f1": stopper.best, "stopped_early": stopper.should_stop}
 
 
-def run(params: Params, paths: TrainPaths, resume: bool = False, progress: bool = True
+def run(params: Params, paths: TrainPaths, resume: bool = True, progress: bool = True
         ) -> dict[str, Any]:
     """:func:`fit` inside the process group when started by ``torchrun``."""
     env = init_distributed()
