@@ -17,12 +17,13 @@ from stagerun import REPO, STAGES, run_python
 from tinydata import CLASSES, make_dataset, tiny_params, write_params
 
 from emorec.config import Params
-from emorec.models import create_model
+from emorec.losses import SoftTargetCrossEntropy as WeightedCE
+from emorec.models import create_model, load_checkpoint
 from emorec.training import (
-    ClassWeightedSoftTargetCrossEntropy,
     TrainConfig,
     Trainer,
     TrainPaths,
+    effective_freeze_epochs,
     fit,
 )
 
@@ -181,7 +182,7 @@ def test_weighted_soft_ce_matches_timm_without_weights():
 
     torch.manual_seed(0)
     logits, target = torch.randn(5, 3), torch.softmax(torch.randn(5, 3), dim=1)
-    ones = ClassWeightedSoftTargetCrossEntropy(torch.ones(3))(logits, target)
+    ones = WeightedCE(torch.ones(3))(logits, target)
     assert torch.isclose(ones, SoftTargetCrossEntropy()(logits, target))
 
 
@@ -260,4 +261,31 @@ def test_throughput_benchmark_writes_ratio(tmp_path, repo_params_raw):
     assert report["project_images_per_s"] > 0 and report["bare_images_per_s"] > 0
     assert report["ratio"] == pytest.approx(sorted(report["ratio_runs"])[0] / 2
                                             + sorted(report["ratio_runs"])[1] / 2)
-    assert report["pass"] == (report["ratio"] >= 0.95)
+    assert report["pass"] == (report["ratio"] >= 0.9)
+    variants = report["bare"]["variants_images_per_s"]
+    assert len(variants) >= 2 and variants[report["bare"]["variant"]] == max(variants.values())
+    assert report["cpu"]["logical_cores"] >= 1 and report["cpu"]["model_name"]
+    assert "avx512_bf16" in report["cpu"]["flags"] and "cores" in report["hardware"]
+
+
+# -- losses and phases ---------------------------------------------------------------------------
+@pytest.mark.parametrize("loss", ["ce", "focal", "ldam"])
+def test_each_loss_trains_and_its_checkpoint_loads(workdir, repo_params_raw, loss):
+    raw = tiny_params(repo_params_raw, model="test_convnext", epochs=3, loss=loss,
+                      freeze_backbone_epochs=0)
+    raw["train"]["loss_options"]["drw_at"] = 0.5  # LDAM re-weights from epoch 2 of 3
+    fit(Params(raw), _paths(workdir), progress=False)
+    losses = pd.read_csv(workdir / "reports/train/plots/metrics/train/loss.tsv", sep="\t")
+    assert losses["loss"].iloc[-1] < losses["loss"].iloc[0]
+    model, meta = load_checkpoint(workdir / "models/best.pt")
+    assert bool(meta.get("cosine_head_scale")) == (loss == "ldam")
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 32, 32)).shape == (2, len(CLASSES))
+    assert meta["metrics"]["macro_f1"] > 0.5  # the tiny classes are easy to tell apart
+
+
+def test_no_head_warmup_without_pretrained_weights(repo_params_raw):
+    raw = tiny_params(repo_params_raw, freeze_backbone_epochs=2, pretrained="none")
+    assert effective_freeze_epochs(TrainConfig.from_params(Params(raw))) == 0
+    raw["train"]["pretrained"] = "some/hub-id"
+    assert effective_freeze_epochs(TrainConfig.from_params(Params(raw))) == 2

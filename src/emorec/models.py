@@ -107,6 +107,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
         raise EmorecError(f"model checkpoint not found: {path} (run `dvc repro train` first)")
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
     model = create_model(ckpt["model_name"], num_classes=len(ckpt["classes"]))
+    if ckpt.get("cosine_head_scale"):  # trained with LDAM: rebuild the cosine head first
+        from emorec.losses import use_cosine_classifier
+
+        use_cosine_classifier(model, float(ckpt["cosine_head_scale"]))
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}

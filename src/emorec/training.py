@@ -50,7 +50,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
-from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, list_optimizers
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
@@ -66,6 +65,7 @@ from emorec.data import FaceDataset
 from emorec.errors import DataError, EmorecError, ParamsError
 from emorec.evaluation import predict_logits
 from emorec.labels import read_label_map
+from emorec.losses import LOSSES, build_loss, use_cosine_classifier
 from emorec.memory_data import (
     AugmentConfig,
     BatchAugment,
@@ -117,6 +117,11 @@ class TrainConfig:
     ema_warmup: bool
     label_smoothing: float
     use_class_weights: bool
+    loss: str
+    focal_gamma: float
+    ldam_max_margin: float
+    ldam_scale: float
+    drw_at: float | None
     mixup: bool
     mixup_alpha: float
     cutmix_alpha: float
@@ -160,6 +165,12 @@ class TrainConfig:
             ema_warmup=t.boolean("ema_warmup"),
             label_smoothing=t.number("label_smoothing", low=0, high=0.99),
             use_class_weights=t.boolean("use_class_weights"),
+            loss=t.choice("loss", LOSSES),
+            focal_gamma=t.number("loss_options.focal_gamma", low=0),
+            ldam_max_margin=t.number("loss_options.ldam_max_margin", low=0),
+            ldam_scale=t.number("loss_options.ldam_scale", low=1e-6),
+            drw_at=(None if t.get("loss_options.drw_at") is None
+                    else t.number("loss_options.drw_at", low=0, high=1)),
             mixup=mix.boolean("enabled"),
             mixup_alpha=mix.number("mixup_alpha", low=0),
             cutmix_alpha=mix.number("cutmix_alpha", low=0),
@@ -174,6 +185,12 @@ class TrainConfig:
     def mixup_active(self) -> bool:
         mixing = self.mixup_alpha > 0 or self.cutmix_alpha > 0
         return self.mixup and self.mixup_prob > 0 and mixing
+
+
+def effective_freeze_epochs(cfg: TrainConfig) -> int:
+    """Head warm-up epochs: none without pretrained weights, where a frozen random backbone
+    would only waste the epochs (the warm-up protects *learned* features from a random head)."""
+    return cfg.freeze_backbone_epochs if cfg.pretrained != "none" else 0
 
 
 def _auto_or_bool(section: Params, key: str) -> bool | str:
@@ -284,25 +301,23 @@ def check_label_map(path: str | Path, classes: list[str]) -> None:
 
 
 # -- loss ----------------------------------------------------------------------------------------
-class ClassWeightedSoftTargetCrossEntropy(SoftTargetCrossEntropy):
-    """timm's soft-target cross-entropy with optional per-class weights.
+def make_criterion(cfg: TrainConfig, class_counts: Sequence[int], weight: torch.Tensor | None
+                   ) -> nn.Module:
+    """``train.loss`` from :mod:`emorec.losses`: weighted soft-target CE, focal or LDAM-DRW.
 
-    timm's ``SoftTargetCrossEntropy`` (the loss for MixUp/CutMix targets) has no class weights, so
-    with weights this delegates to ``torch.nn.functional.cross_entropy`` with probability
-    targets: ``loss_i = -sum_c w_c * y_ic * log p_ic``, averaged over the batch (divided by N, not
-    by the sum of weights). For a one-hot target that is ``w_y * CE``, the usual weighted CE; for
-    a MixUp target each of the two classes contributes with its own weight. Hard labels are turned
-    into (smoothed) one-hot targets before the loss so every batch uses this same formula.
+    Every one takes the soft targets of label smoothing and MixUp. LDAM brings its own deferred
+    class-balanced weights (from ``drw_at`` x epochs on), so ``class_weights.json`` is not
+    applied on top of it.
     """
+    drw_epoch = None if cfg.drw_at is None else int(round(cfg.drw_at * cfg.epochs))
+    return build_loss(cfg.loss, class_counts, None if cfg.loss == "ldam" else weight,
+                      focal_gamma=cfg.focal_gamma, ldam_max_margin=cfg.ldam_max_margin,
+                      ldam_scale=cfg.ldam_scale, drw_epoch=drw_epoch)
 
-    def __init__(self, weight: torch.Tensor | None = None):
-        super().__init__()
-        self.register_buffer("weight", weight)
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.weight is None:
-            return super().forward(x, target)
-        return F.cross_entropy(x.float(), target, weight=self.weight)
+def class_counts_of(targets: np.ndarray, num_classes: int) -> list[int]:
+    """Train images per class, in class order (LDAM's margins and DRW weights)."""
+    return np.bincount(np.asarray(targets), minlength=num_classes).tolist()
 
 
 # -- optimisation --------------------------------------------------------------------------------
@@ -409,7 +424,8 @@ class Trainer:
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, classes: Sequence[str],
                  class_weights: torch.Tensor | None, updates_per_epoch: int,
-                 device: torch.device, env: DistEnv | None = None):
+                 device: torch.device, env: DistEnv | None = None,
+                 class_counts: Sequence[int] | None = None):
         self.cfg, self.classes, self.device = cfg, list(classes), device
         self.env = env or DistEnv()
         self.num_classes = len(classes)
@@ -435,7 +451,8 @@ class Trainer:
             switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing,
             num_classes=self.num_classes) if cfg.mixup_active else None
         weight = class_weights.to(device) if class_weights is not None else None
-        self.criterion = ClassWeightedSoftTargetCrossEntropy(weight)
+        self.criterion = make_criterion(cfg, class_counts or [1] * self.num_classes,
+                                        weight).to(device)
         self.num_updates = 0
         self.backbone_frozen: bool | None = None
         self.net: nn.Module = self.model
@@ -512,7 +529,9 @@ class Trainer:
         with :class:`EpochInterrupted`. ``resume_from`` continues such an epoch: the batches it
         had trained on are drawn again and dropped, then its generator states are restored.
         """
-        self.set_backbone_frozen(epoch < self.cfg.freeze_backbone_epochs)
+        self.set_backbone_frozen(epoch < effective_freeze_epochs(self.cfg))
+        if hasattr(self.criterion, "set_epoch"):  # LDAM-DRW switches its weights on by epoch
+            self.criterion.set_epoch(epoch)
         self.model.train()
         run = resume_from or EpochProgress(epoch, self.lrs())
         batch_iter = iter(batches)
@@ -648,6 +667,13 @@ def _loaders(cfg: TrainConfig, params: Params, paths: TrainPaths, classes: list[
                  " (incomplete last batch left out, a different one each epoch)"
                  if train_loader.drop_last and seen < len(train_ds) else "")
     return train_loader, val_loader
+
+
+def _targets(loader: Batches) -> np.ndarray:
+    """Every train label, whichever data path serves them."""
+    if isinstance(loader, BatchIterator):
+        return loader.targets.numpy()
+    return loader.dataset.targets
 
 
 def _memory_loaders(cfg: TrainConfig, params: Params, train_ds: FaceDataset,
@@ -1039,7 +1065,10 @@ def fit(params: Params, paths: TrainPaths, resume: bool = True, env: DistEnv | N
                else None)
     train_loader, val_loader = _loaders(cfg, params, paths, classes, env, device)
     model = create_model(cfg.model, num_classes=len(classes), pretrained=cfg.pretrained)
-    trainer = Trainer(model, cfg, classes, weights, len(train_loader), device, env)
+    if cfg.loss == "ldam":  # LDAM's margins live on cosine logits
+        use_cosine_classifier(model, cfg.ldam_scale)
+    counts = class_counts_of(_targets(train_loader), len(classes))
+    trainer = Trainer(model, cfg, classes, weights, len(train_loader), device, env, counts)
     stopper = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_min_delta)
     version = data_version([paths.train_csv, paths.val_csv, paths.label_map]
                            + ([paths.class_weights] if cfg.use_class_weights else []))
@@ -1088,7 +1117,9 @@ def fit(params: Params, paths: TrainPaths, resume: bool = True, env: DistEnv | N
                     save_checkpoint(paths.best, trainer.eval_model, model_name=cfg.model,
                                     classes=classes, image=dict(params.mapping("image")),
                                     params=params.to_dict(), data_version=version, epoch=epoch,
-                                    metrics=val_m, world_size=env.world_size)
+                                    metrics=val_m, world_size=env.world_size,
+                                    cosine_head_scale=(cfg.ldam_scale if cfg.loss == "ldam"
+                                                       else None))
                     run_log.best_md5 = file_md5(paths.best)
                 save_state(paths.state, _state(trainer, stopper, epoch + 1, cfg, run_log))
                 log.info("epoch %d/%d: train loss %.4f f1 %.3f | val loss %.4f acc %.3f f1 %.3f%s "
