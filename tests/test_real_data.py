@@ -81,3 +81,19 @@ def test_script_writes_json_and_fails_cleanly_without_a_run(workspace, tmp_path)
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no complete FER2013 run" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_readme_section_renders_the_record_beside_the_anchors(workspace):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_metrics",
+                                                  REPO / "scripts/readme_metrics.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    section = tool.render_fer2013(build_report(workspace))
+    assert "| emorec, FP32 | 7 | **50.00%** |" in section
+    assert "disgust folded into angry | 6 | 83.33%" in section
+    assert "73.28%" in section and "60.00%" in section  # best single network, the peer
+    readme = "a\n<!-- fer2013:start -->\nold\n<!-- fer2013:end -->\nb\n"
+    spliced = tool.splice(readme, section, Path("README.md"), tool.FER_START, tool.FER_END)
+    assert "old" not in spliced and spliced.startswith("a\n") and spliced.endswith("b\n")
