@@ -94,6 +94,6 @@ def test_readme_section_renders_the_record_beside_the_anchors(workspace):
     assert "| emorec, FP32 | 7 | **50.00%** |" in section
     assert "disgust folded into angry | 6 | 83.33%" in section
     assert "73.28%" in section and "60.00%" in section  # best single network, the peer
-    readme = "a\n<!-- fer2013:start -->\nold\n<!-- fer2013:end -->\nb\n"
+    readme = "a\n<!-- fer2013:start -->\nSTALE\n<!-- fer2013:end -->\nb\n"
     spliced = tool.splice(readme, section, Path("README.md"), tool.FER_START, tool.FER_END)
-    assert "old" not in spliced and spliced.startswith("a\n") and spliced.endswith("b\n")
+    assert "STALE" not in spliced and spliced.startswith("a\n") and spliced.endswith("b\n")
