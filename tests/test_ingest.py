@@ -228,3 +228,37 @@ def test_16_bit_and_transparent_images_are_rescaled_not_clipped():
     assert 90 < gray.mean() < 140  # a ramp stays a ramp; clipping would make it mostly white
     rgba = Image.new("RGBA", (20, 20), (255, 255, 255, 0))
     assert np.asarray(to_gray8(rgba)).max() == 0  # fully transparent -> flattened onto black
+
+
+def test_face_crop_turns_photos_into_training_crops_and_counts_the_rest(params_raw, tmp_path):
+    """Real photos shipped by packages: one face, a group, and photos with no face at all."""
+    from skimage import data as skdata
+    from test_faces import PHOTOS, bench  # the detector benchmark's photos and helpers
+
+    root = tmp_path / "photos"
+    group, _ = bench.tile_row([(PHOTOS[n], (bench.PORTRAIT_FACES[n],))
+                               for n in ("astronaut", "grace_hopper")])
+    photos = {"happy/astronaut.png": PHOTOS["astronaut"], "sad/group.png": group,
+              "neutral/coffee.png": skdata.coffee(), "angry/cat.png": skdata.chelsea()}
+    for rel, rgb in photos.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb).save(root / rel)
+    params_raw["data"].update(source="folder")
+    params_raw["data"]["folder"]["root"] = str(root)
+    params_raw["ingest"]["face_crop"] = True
+    params_raw["faces"]["multi_face"] = "all"
+    with pytest.raises(DataError, match="no accepted images"):  # angry, neutral: no face
+        run(Params(params_raw), tmp_path / "all")
+    report = json.loads((tmp_path / "all" / "reports" / "ingest.json").read_text())
+    assert report["rejected_by_reason"]["no_face"] == 2
+    manifest = pd.read_csv(tmp_path / "all" / "interim" / "manifest.csv")
+    assert sorted(manifest["id"].str.extract(r"(face\d)$")[0].dropna()) == ["face0", "face1"]
+    assert (manifest["label"] == "happy").sum() == 1
+    crop = Image.open(manifest.loc[manifest["label"] == "happy", "path"].iat[0])
+    assert crop.mode == "L" and abs(crop.width - crop.height) <= 1  # square, like FER crops
+
+    params_raw["faces"]["multi_face"] = "reject"
+    with pytest.raises(DataError):
+        run(Params(params_raw), tmp_path / "reject")
+    report = json.loads((tmp_path / "reject" / "reports" / "ingest.json").read_text())
+    assert report["rejected_by_reason"]["multiple_faces"] == 1

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from emorec.config import Params
 from emorec.demo_faces import generate_dataset
 from emorec.errors import DataError, ImageError, ParamsError
+from emorec.faces import FaceSettings, align_crop, select_faces, thread_detector, to_rgb
 from emorec.imageio import REJECT_REASONS, open_image
 from emorec.labels import FER2013_CODES, LEGACY_8_TO_6
 from emorec.splits import read_labelled_csv
@@ -55,7 +56,8 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 #: Why a candidate can be rejected: the decoding reasons of :func:`open_image` plus ingest's own.
 #: FER2013 CSV rows add their own: wrong pixel count, non-numeric cells, values outside 0-255.
 REASONS = (*REJECT_REASONS, "bad_pixel_count", "non_numeric", "out_of_range", "near_blank",
-           "unreadable", "unsupported_extension", "unknown_label", "duplicate")
+           "no_face", "multiple_faces", "unreadable", "unsupported_extension", "unknown_label",
+           "duplicate")
 MANIFEST_COLUMNS = ["id", "path", "label", "source", "sha256", "width", "height", "mode", "usage"]
 #: FER2013's official split names, test first: the first copy of an exact duplicate is kept.
 FER2013_USAGES = ("PrivateTest", "PublicTest", "Training")
@@ -309,11 +311,7 @@ def run_ingest(params: Params, out_dir: Path, report_path: Path) -> dict[str, An
     """
     source = params.choice("data.source", SOURCES)
     classes = params.classes
-    ingest = params.section("ingest")
-    min_side = ingest.integer("min_side", low=1)
-    max_side = ingest.integer("max_side", low=min_side)
-    output_max_side = ingest.integer("output_max_side", low=16)
-    min_std = ingest.number("min_pixel_std", low=0)
+    rules = IngestRules.from_params(params)
     offers = candidates(params)
 
     images_dir = out_dir / "images"
@@ -328,10 +326,7 @@ def run_ingest(params: Params, out_dir: Path, report_path: Path) -> dict[str, An
     offered = 0
     for cand in tqdm(offers, desc=f"ingest {source}", unit="img", mininterval=2):
         offered += 1
-        rejection = _accept(cand, min_side, max_side, output_max_side, min_std, images_dir,
-                            seen, rows)
-        if rejection is not None:
-            rejected.append(rejection)
+        rejected.extend(_accept(cand, rules, images_dir, seen, rows))
 
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -351,39 +346,89 @@ def run_ingest(params: Params, out_dir: Path, report_path: Path) -> dict[str, An
     return report
 
 
-def _accept(cand: Candidate, min_side: int, max_side: int, output_max_side: int,
-            min_std: float, images_dir: Path, seen: dict[str, str], rows: list[dict[str, Any]]
-            ) -> Rejection | None:
-    """Validate one candidate; append its manifest row, or return why it was rejected."""
+@dataclass(frozen=True)
+class IngestRules:
+    """The ``ingest`` section of params.yaml, validated once before any file is read."""
+
+    min_side: int
+    max_side: int
+    output_max_side: int
+    min_std: float
+    faces: FaceSettings | None  # crop and align faces (``ingest.face_crop``), or keep the image
+
+    @classmethod
+    def from_params(cls, params: Params) -> IngestRules:
+        ingest = params.section("ingest")
+        min_side = ingest.integer("min_side", low=1)
+        return cls(min_side=min_side, max_side=ingest.integer("max_side", low=min_side),
+                   output_max_side=ingest.integer("output_max_side", low=16),
+                   min_std=ingest.number("min_pixel_std", low=0),
+                   faces=FaceSettings.from_params(params) if ingest.boolean("face_crop")
+                   else None)
+
+
+def _accept(cand: Candidate, rules: IngestRules, images_dir: Path, seen: dict[str, str],
+            rows: list[dict[str, Any]]) -> list[Rejection]:
+    """Validate one candidate; append its manifest row(s), or return why it was rejected."""
     if cand.label is None:  # checked first: for a stray folder, the folder is the problem
-        return Rejection(cand.where, cand.raw_label, "unknown_label",
-                         f"label {cand.raw_label!r} is not mapped to any class")
+        return [Rejection(cand.where, cand.raw_label, "unknown_label",
+                          f"label {cand.raw_label!r} is not mapped to any class")]
     if cand.suffix is not None and cand.suffix not in EXTENSIONS:
-        return Rejection(cand.where, cand.raw_label, "unsupported_extension",
-                         f"extension must be one of {list(EXTENSIONS)}")
+        return [Rejection(cand.where, cand.raw_label, "unsupported_extension",
+                          f"extension must be one of {list(EXTENSIONS)}")]
     try:
-        original = _decode(cand, min_side, max_side)
+        original = _decode(cand, rules.min_side, rules.max_side)
     except ImageError as err:
-        return Rejection(cand.where, cand.raw_label, err.reason, str(err))
+        return [Rejection(cand.where, cand.raw_label, err.reason, str(err))]
     try:
-        gray = _shrink(to_gray8(original), output_max_side)
+        upright = ImageOps.exif_transpose(original)
+        crops = _face_crops(upright, rules.faces) if rules.faces else [("", upright)]
+    except ImageError as err:
+        return [Rejection(cand.where, cand.raw_label, err.reason, str(err))]
     except Exception as err:  # noqa: BLE001 - e.g. malformed EXIF; one bad file must not stop ingest
-        return Rejection(cand.where, cand.raw_label, "corrupt",
-                         f"cannot be normalised ({type(err).__name__}: {err})")
+        return [Rejection(cand.where, cand.raw_label, "corrupt",
+                          f"cannot be normalised ({type(err).__name__}: {err})")]
+    found = [_store(cand, suffix, crop, original, rules, images_dir, seen, rows)
+             for suffix, crop in crops]
+    return [r for r in found if r is not None]
+
+
+def _face_crops(image: Image.Image, faces: FaceSettings) -> list[tuple[str, Image.Image]]:
+    """Aligned face crops of a photo, as ``faces.multi_face`` says; ImageError when none."""
+    rgb = to_rgb(image)
+    found = thread_detector(faces).detect(rgb)
+    if not found:
+        raise ImageError("no_face", f"{faces.detector} found no face")
+    kept = select_faces(found, faces.multi_face)
+    if not kept:
+        raise ImageError("multiple_faces", f"{len(found)} faces and faces.multi_face is reject")
+    crops = [align_crop(rgb, face, faces.margin).image for face in kept]
+    if len(crops) == 1:
+        return [("", crops[0])]
+    return [(f"-face{k}", crop) for k, crop in enumerate(crops)]
+
+
+def _store(cand: Candidate, suffix: str, image: Image.Image, original: Image.Image,
+           rules: IngestRules, images_dir: Path, seen: dict[str, str],
+           rows: list[dict[str, Any]]) -> Rejection | None:
+    """Normalise one image (or face crop) and write it, unless blank or a duplicate."""
+    where = cand.where + (f" ({suffix.lstrip('-')})" if suffix else "")
+    gray = _shrink(to_gray8(image), rules.output_max_side)
     spread = float(np.asarray(gray, dtype=np.float32).std())
-    if spread < min_std:
-        return Rejection(cand.where, cand.raw_label, "near_blank",
+    if spread < rules.min_std:
+        return Rejection(where, cand.raw_label, "near_blank",
                          f"pixel standard deviation {spread:.2f} < ingest.min_pixel_std "
-                         f"{min_std:g}: no face to learn from")
+                         f"{rules.min_std:g}: no face to learn from")
     data = png_bytes(gray)
     digest = sha256_hex(data)
     if digest in seen:
-        return Rejection(cand.where, cand.raw_label, "duplicate",
+        return Rejection(where, cand.raw_label, "duplicate",
                          f"same pixels as already accepted {seen[digest]}")
-    seen[digest] = cand.where
-    path = images_dir / cand.label / f"{cand.id}.png"
+    seen[digest] = where
+    image_id = cand.id + suffix
+    path = images_dir / cand.label / f"{image_id}.png"
     path.write_bytes(data)
-    rows.append({"id": cand.id, "path": path.as_posix(), "label": cand.label,
+    rows.append({"id": image_id, "path": path.as_posix(), "label": cand.label,
                  "source": cand.source, "sha256": digest, "width": original.width,
                  "height": original.height, "mode": original.mode, "usage": cand.usage})
     return None
