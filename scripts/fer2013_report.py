@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", type=Path, default=Path("."),
                         help="DVC workspace holding the run's params.yaml, reports/ and data/")
     parser.add_argument("--out", type=Path, default=Path("reports/fer2013.json"))
+    parser.add_argument("--train-commit", default=None,
+                        help="commit that trained the model, when later stages were rerun on "
+                             "newer code (default: the workspace's commit made everything)")
     args = parser.parse_args(argv)
     try:
         report = build_report(args.workspace)
@@ -31,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.workspace} has no complete FER2013 run ({err}); run "
               "`python scripts/run_preset.py fer2013-cpu` first", file=sys.stderr)
         return 2
+    report["train_commit"] = args.train_commit or report["commit"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     test = report["test"]

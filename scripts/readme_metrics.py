@@ -201,7 +201,8 @@ def render_fer2013(fer: dict[str, Any]) -> str:
         f"model `{fer['params']['train']['model']}` at {fer['params']['image']['size']} px, "
         f"{fer['train']['epochs']} epochs, {minutes:.0f} min of training on "
         f"{gpu or fer['hardware']['summary']} ({fer['train']['precision']}); "
-        f"commit `{(fer.get('commit') or '?')[:10]}`, data `{fer['dataset_fingerprint'][:19]}`.",
+        f"trained at commit `{(fer.get('train_commit') or fer.get('commit') or '?')[:10]}`, "
+        f"scored at `{(fer.get('commit') or '?')[:10]}`, data `{fer['dataset_fingerprint'][:19]}`.",
         "",
         "| Model | Classes | PrivateTest accuracy | Macro-F1 |",
         "|---|---|---|---|",
