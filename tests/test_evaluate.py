@@ -162,7 +162,8 @@ def test_readme_metrics_section_is_rendered_from_reports(trained, tmp_path):
     readme.write_text("# Title\n\n<!-- metrics:start -->\nold\n<!-- metrics:end -->\n\nmore\n")
     args = ["--readme", str(readme), "--test", str(test_json),
             "--train", str(root / "reports/train/metrics.json"),
-            "--bench", str(tmp_path / "absent.json")]
+            "--bench", str(tmp_path / "absent.json"),
+            "--reports", str(tmp_path / "no-optional-reports")]  # not the repo's reports/
 
     assert tool.main([*args, "--check"]) == 1
     assert tool.main(args) == 0
@@ -194,6 +195,9 @@ def test_fit_temperature_recovers_the_true_temperature():
     logits, labels = _sampled(4000, 2.0)
     t = fit_temperature(logits, labels)
     assert t == pytest.approx(2.0, rel=0.1)
+    from emorec.calibration import at_search_bound
+
+    assert not at_search_bound(t) and at_search_bound(20.0) and at_search_bound(0.05)
     assert nll(logits, labels, t) < nll(logits, labels, 1.0)
     assert fit_temperature(np.zeros((0, 4)), np.zeros(0, int)) == 1.0
 

@@ -36,6 +36,12 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
     return float(-logp[np.arange(len(labels)), labels].mean())
 
 
+def at_search_bound(temperature: float, rel: float = 1e-3) -> bool:
+    """True when the fit stopped at an end of :data:`LOG_T_BOUNDS` (val set separable or at
+    chance, or too small): the temperature is then a limit, not an estimate."""
+    return any(abs(math.log(temperature) - bound) < rel for bound in LOG_T_BOUNDS)
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The ``T`` minimising validation NLL.
 
@@ -210,6 +216,7 @@ def calibrate(val_logits: np.ndarray, val_labels: np.ndarray, test_logits: np.nd
         "min_confidence": min_confidence,
         "bins": n_bins,
         "fit": {"split": "val", "n_images": int(len(val_labels)),
+                "at_search_bound": at_search_bound(temperature),
                 "nll_before": nll(val_logits, val_labels) if len(val_labels) else None,
                 "nll_after": nll(val_logits, val_labels, temperature) if len(val_labels) else None},
         "test": {"n_images": int(len(test_labels)),

@@ -201,4 +201,7 @@ def evaluate_checkpoint(params: Params, model_path: str | Path, split_csv: str |
         after, before = result.report["test"]["after"], result.report["test"]["before"]
         log.info("temperature %.3f: test ECE %.3f -> %.3f, NLL %.3f -> %.3f",
                  result.temperature, before["ece"], after["ece"], before["nll"], after["nll"])
+        if result.report["fit"]["at_search_bound"]:
+            log.warning("temperature %.3g is at the end of its search range: the val split is "
+                        "separable, at chance or too small to calibrate on", result.temperature)
     return metrics
