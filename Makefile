@@ -1,21 +1,42 @@
 # The README's two commands: `make repro` (set up + run the pipeline) and `make test`.
-# Both create .venv on first use; pip takes the pinned torch/torchvision from local disk.
+# Both create .venv on first use, from requirements.lock: every package pinned with its sha256
+# (all platforms), so pip installs the same files on every machine, through whatever indexes
+# pip is configured with (mirrors serve the same files), and refuses anything else.
+# `make lock` refreshes the lock after a dependency change in pyproject.toml (needs PyPI, or
+# UV_DEFAULT_INDEX pointing at a mirror); `pip check` fails the set-up if the lock is stale.
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
+LOCK   := requirements.lock
+UV_VERSION := 0.13.9
 
-.PHONY: setup repro test lint bench clean-venv
+.PHONY: setup lock repro fer2013 test lint bench clean-venv
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
+
+# uv in a throwaway venv resolves pyproject.toml (+ dev extra) for Python 3.11 on every platform.
+lock:
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(PYTHON) -m venv "$$tmp" && "$$tmp/bin/python" -m pip install --quiet uv==$(UV_VERSION) && \
+	"$$tmp/bin/uv" pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--generate-hashes --custom-compile-command "make lock" --quiet -o $(LOCK)
 
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" dvc repro
+
+# FER2013 (README "Real data: FER2013": the images go to data/raw/fer2013 first): the whole
+# pipeline as the named DVC experiment fer2013-cpu, then reports/fer2013.json and the README.
+fer2013: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/run_preset.py fer2013-cpu
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/fer2013_report.py
+	$(BIN)/python scripts/readme_metrics.py
 
 lint: setup
 	$(BIN)/ruff check .
