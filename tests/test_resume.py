@@ -303,13 +303,16 @@ def test_run_stage_turns_ctrl_c_into_one_line(capsys, tmp_path):
 EPOCHS = 8
 
 
-def _dvc_env() -> dict[str, str]:
+def _dvc_env(repo: Path) -> dict[str, str]:
+    """The copy imports its own ``src/`` (not the editable install's), so the code DVC tracks is
+    the code that runs and its md5s stay put while the working tree is edited."""
     return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1", "SHELL": "/bin/bash"}
+            "PYTHONPATH": str(repo / "src"), "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1",
+            "SHELL": "/bin/bash"}
 
 
 def _dvc(args: list[str], repo: Path) -> str:
-    proc = subprocess.run(["dvc", *args], cwd=repo, env=_dvc_env(), capture_output=True,
+    proc = subprocess.run(["dvc", *args], cwd=repo, env=_dvc_env(repo), capture_output=True,
                           text=True)
     assert proc.returncode == 0, f"dvc {args} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
@@ -318,7 +321,7 @@ def _dvc(args: list[str], repo: Path) -> str:
 def _dvc_until(args: list[str], repo: Path, marker: str, signum: int) -> str:
     """Run ``dvc *args`` and send ``signum`` to its process group (as a terminal's Ctrl-C does)
     once a line containing ``marker`` appears; returns the whole output."""
-    proc = subprocess.Popen(["dvc", *args], cwd=repo, env=_dvc_env(), text=True,
+    proc = subprocess.Popen(["dvc", *args], cwd=repo, env=_dvc_env(repo), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     lines = []
