@@ -46,6 +46,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from emorec.config import Params
 from emorec.errors import EmorecError, ParamsError
+from emorec.hardware import read_cpuinfo
 from emorec.inference import (
     INPUT_NAME,
     OnnxClassifier,
@@ -199,15 +200,9 @@ def cpu_kernels(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
     which kernels onnxruntime picks, so a report is only comparable with one from a CPU of the
     same kind. Linux's /proc/cpuinfo is read; elsewhere the flags are reported as unknown (None).
     """
-    text = cpuinfo.read_text(errors="replace") if cpuinfo.is_file() else ""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip(), value.strip())
-    flags = set(fields["flags"].split()) if "flags" in fields else None
+    model, flags = read_cpuinfo(cpuinfo)
     return {
-        "model_name": fields.get("model name") or platform.processor() or platform.machine(),
+        "model_name": model or platform.processor() or platform.machine(),
         "machine": platform.machine(),
         "logical_cores": os.cpu_count(),
         "flags": {f: (f in flags) if flags is not None else None for f in CPU_FLAGS},
