@@ -1,11 +1,17 @@
 // `npm run build`: a self-contained static site in dist/ for any static host (HTTPS needed for the
 // camera and the service worker, except on localhost). No bundler: the app is plain ES modules;
-// this copies it and vendors the three onnxruntime-web files the app loads.
+// this copies it and vendors the three onnxruntime-web files the app loads, and face-api's
+// bundle with the Tiny Face Detector weights (live mode).
 import { cpSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 
 const ORT = 'node_modules/onnxruntime-web/dist';
 const ORT_FILES = ['ort.wasm.min.mjs', 'ort-wasm-simd-threaded.mjs', 'ort-wasm-simd-threaded.wasm'];
-if (!existsSync(ORT)) throw new Error('onnxruntime-web is not installed: run `npm ci` first');
+const FACE_API = 'node_modules/@vladmandic/face-api';
+const FACE_FILES = ['dist/face-api.esm.js', 'model/tiny_face_detector_model-weights_manifest.json',
+  'model/tiny_face_detector_model.bin'];
+for (const dir of [ORT, FACE_API]) {
+  if (!existsSync(dir)) throw new Error(`${dir} is not installed: run \`npm ci\` first`);
+}
 if (!existsSync('public/model/config.json')) {
   console.warn('warning: public/model/ has no model; run `dvc repro mobile_assets` first');
 }
@@ -16,7 +22,10 @@ for (const path of ['src', 'icons', 'public', 'manifest.webmanifest', 'sw.js']) 
   if (existsSync(path)) cpSync(path, `dist/${path}`, { recursive: true });
 }
 for (const file of ORT_FILES) cpSync(`${ORT}/${file}`, `dist/vendor/ort/${file}`);
+for (const file of FACE_FILES) cpSync(`${FACE_API}/${file}`, `dist/vendor/face-api/${file}`);
 const html = readFileSync('index.html', 'utf8')
-  .replace(`./${ORT}/ort.wasm.min.mjs`, './vendor/ort/ort.wasm.min.mjs');
+  .replace(`./${ORT}/ort.wasm.min.mjs`, './vendor/ort/ort.wasm.min.mjs')
+  .replace(`./${FACE_API}/dist/face-api.esm.js`, './vendor/face-api/dist/face-api.esm.js')
+  .replace(`./${FACE_API}/model/`, './vendor/face-api/model/');
 writeFileSync('dist/index.html', html);
 console.log('built dist/');

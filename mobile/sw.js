@@ -4,7 +4,7 @@
 // model and its JSON) is cached on the way through.
 const CACHE = 'emorec-v1';
 const SHELL = [
-  './', './index.html', './manifest.webmanifest', './src/app.js', './src/preprocess.js',
+  './', './index.html', './manifest.webmanifest', './src/app.js', './src/live.js', './src/preprocess.js',
   './src/style.css', './icons/icon.svg', './icons/icon-192.png', './icons/icon-512.png',
 ];
 

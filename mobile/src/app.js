@@ -7,10 +7,14 @@
 //                            (default ./public/model/, written by `dvc repro mobile_assets`)
 //   crop=auto|center|none    overrides config.json's crop mode
 //   sw=0                     do not register the service worker (development)
+//   tfjs=webgl|cpu           TensorFlow.js backend of the live mode's face detector
+//                            (default: the fastest available; WebGL even when software-rendered)
 //
-// For tests and tools the page exposes window.emorec = {ready, classifyBlob, last}; `last` is
-// the latest result and every result is also dispatched as an `emorec:result` event.
+// For tests and tools the page exposes window.emorec = {ready, classifyBlob, last, live}; `last`
+// is the latest result and every result is also dispatched as an `emorec:result` event; `live`
+// starts/stops the live mode (./live.js) and reports its frame rate and faces.
 import * as ort from 'onnxruntime-web';
+import { createLive } from './live.js';
 import { centerSquare, faceCrop, preprocess } from './preprocess.js';
 
 const query = new URLSearchParams(window.location.search);
@@ -223,16 +227,60 @@ function setupCamera(app) {
   });
 }
 
+/** The live mode: camera stream -> every face, boxed and classified, continuously. */
+function setupLive(app) {
+  const video = $('video');
+  const live = createLive(app, {
+    video, canvas: $('live-view'), fps: $('fps'), renderBars, setStatus,
+  }, query.get('tfjs') ? { backend: query.get('tfjs') } : {});
+  let stream = null;
+  const start = async () => {
+    if (!navigator.mediaDevices?.getUserMedia) {
+      throw new Error('This browser has no camera access (needs HTTPS or localhost).');
+    }
+    stream = await navigator.mediaDevices.getUserMedia({
+      video: { facingMode: 'user', width: { ideal: 640 } }, audio: false,
+    });
+    video.srcObject = stream;
+    await video.play();
+    await live.start();
+    $('live').textContent = 'Stop live';
+  };
+  const stop = () => {
+    live.stop();
+    stream?.getTracks().forEach((t) => t.stop());
+    stream = null;
+    $('live-view').hidden = true;
+    $('fps').hidden = true;
+    $('live').textContent = 'Live';
+  };
+  $('live').addEventListener('click', async () => {
+    if (stream) return stop();
+    try {
+      return await start();
+    } catch (err) {
+      stop();
+      return setStatus(`Live mode unavailable: ${err.message}`, true);
+    }
+  });
+  return { start, stop, stats: live.stats, options: live.options };
+}
+
 async function main() {
   setStatus('Loading model…');
   const config = await loadConfig();
   const session = await createSession(config.modelUrl);
+  const faceModel = document.querySelector('meta[name="emorec-face-model"]')?.content
+    || './node_modules/@vladmandic/face-api/model/';
   const app = {
     config,
     session,
     inputName: config.inputName && session.inputNames.includes(config.inputName)
       ? config.inputName : session.inputNames[0],
     outputName: session.outputNames[0],
+    ort,
+    softmax,
+    faceModelUrl: new URL(faceModel, window.location.href).href,
   };
   $('file').addEventListener('change', async (event) => {
     const [file] = event.target.files;
@@ -245,6 +293,8 @@ async function main() {
     }
   });
   setupCamera(app);
+  const live = setupLive(app);
+  window.emorec.live = live;
   $('controls').hidden = false;
   setStatus(`Ready: ${config.classes.length} classes, ${config.size}px input, `
     + `crop ${config.crop}${'FaceDetector' in window ? '' : ' (no FaceDetector: centre crop)'}.`);

@@ -1,0 +1,215 @@
+// Live mode: classify the camera stream continuously, every face, with boxes drawn over the
+// video, per-class bars of the largest face, smoothed probabilities and the frame rate.
+//
+// Faces are found by face-api's Tiny Face Detector (@vladmandic/face-api, TensorFlow.js bundled):
+// its weights ship inside the npm package and are served from this app's own origin, so live
+// mode needs neither the browser's FaceDetector (absent outside Chrome on some platforms) nor any
+// other server. The detector is loaded on first use only: the photo mode stays as light as before.
+//
+// Per frame: copy the video frame to a canvas, detect faces on it, crop each face with the
+// configured margin (the same faceCrop as photo mode), preprocess exactly as training did, run
+// all faces as one batch, then blend each face's probabilities with the same face's in the
+// previous frames (exponential moving average; a face is "the same" when its box overlaps the old
+// one by IoU >= 0.3), so labels do not flicker frame to frame.
+import { faceCrop, preprocess } from './preprocess.js';
+
+const DEFAULTS = {
+  inputSize: 224,        // Tiny Face Detector input side (multiple of 32): speed vs small faces
+  scoreThreshold: 0.5,   // detector confidence
+  maxFaces: 4,           // faces classified per frame, largest first
+  smoothing: 0.35,       // EMA weight of the newest frame (1 = no smoothing)
+  matchIou: 0.3,         // box overlap that continues a face's track
+};
+
+/** Intersection over union of two {x, y, width, height} boxes. */
+export function iou(a, b) {
+  const w = Math.max(0, Math.min(a.x + a.width, b.x + b.width) - Math.max(a.x, b.x));
+  const h = Math.max(0, Math.min(a.y + a.height, b.y + b.height) - Math.max(a.y, b.y));
+  const inter = w * h;
+  const union = a.width * a.height + b.width * b.height - inter;
+  return union > 0 ? inter / union : 0;
+}
+
+/**
+ * Blend new per-face probabilities with the tracks of the previous frame.
+ * `faces` is [{box, probs, ...}], `tracks` the previous result; returns the new tracks (same
+ * order as `faces`), each the face with probs smoothed, raw (this frame's probs) and an id.
+ */
+export function smoothTracks(faces, tracks, alpha, matchIou, nextId) {
+  const free = [...tracks];
+  return faces.map((face) => {
+    let best = null;
+    let bestIou = matchIou;
+    for (const track of free) {
+      const overlap = iou(face.box, track.box);
+      if (overlap >= bestIou) { best = track; bestIou = overlap; }
+    }
+    if (best) free.splice(free.indexOf(best), 1);
+    const probs = best
+      ? face.probs.map((p, i) => alpha * p + (1 - alpha) * best.probs[i]) : [...face.probs];
+    return { ...face, probs, raw: face.probs, id: best ? best.id : nextId() };
+  });
+}
+
+/** Frames per second over a sliding window of frame end times (ms). */
+export class FpsMeter {
+  constructor(windowMs = 2000) { this.windowMs = windowMs; this.times = []; }
+
+  tick(now) {
+    this.times.push(now);
+    while (this.times.length > 2 && now - this.times[0] > this.windowMs) this.times.shift();
+    return this.fps();
+  }
+
+  fps() {
+    const n = this.times.length;
+    if (n < 2) return 0;
+    return ((n - 1) * 1000) / (this.times[n - 1] - this.times[0]);
+  }
+}
+
+async function loadDetector(modelUrl, options) {
+  const faceapi = await import('@vladmandic/face-api');
+  if (options.backend) await faceapi.tf.setBackend(options.backend);
+  await faceapi.tf.ready();
+  await faceapi.nets.tinyFaceDetector.loadFromUri(modelUrl);
+  const detectorOptions = new faceapi.TinyFaceDetectorOptions({
+    inputSize: options.inputSize, scoreThreshold: options.scoreThreshold,
+  });
+  return {
+    backend: faceapi.tf.getBackend(),
+    detect: async (canvas) => (await faceapi.detectAllFaces(canvas, detectorOptions))
+      .map((d) => ({ x: d.box.x, y: d.box.y, width: d.box.width, height: d.box.height,
+        score: d.score })),
+  };
+}
+
+/** Model inputs of several crops of one frame as a single [N, 1, S, S] batch. */
+function batchInputs(ctx, crops, config) {
+  const { size } = config;
+  const data = new Float32Array(crops.length * size * size);
+  crops.forEach((crop, i) => {
+    const pixels = ctx.getImageData(crop.x, crop.y, crop.width, crop.height).data;
+    data.set(preprocess(pixels, crop.width, crop.height, config).data, i * size * size);
+  });
+  return { data, dims: [crops.length, 1, size, size] };
+}
+
+function drawOverlay(ctx, tracks, classes) {
+  ctx.lineWidth = Math.max(2, ctx.canvas.width / 240);
+  ctx.font = `${Math.max(12, Math.round(ctx.canvas.width / 32))}px system-ui, sans-serif`;
+  ctx.textBaseline = 'bottom';
+  for (const track of tracks) {
+    const { x, y, width, height } = track.box;
+    const best = track.probs.indexOf(Math.max(...track.probs));
+    const text = `${classes[best]} ${(track.probs[best] * 100).toFixed(0)}%`;
+    ctx.strokeStyle = '#ffcc00';
+    ctx.strokeRect(x, y, width, height);
+    const pad = 4;
+    const tw = ctx.measureText(text).width + 2 * pad;
+    const th = parseInt(ctx.font, 10) + 2 * pad;
+    ctx.fillStyle = 'rgb(0 0 0 / 0.6)';
+    ctx.fillRect(x, Math.max(0, y - th), tw, th);
+    ctx.fillStyle = '#ffcc00';
+    ctx.fillText(text, x + pad, Math.max(th, y) - pad);
+  }
+}
+
+/**
+ * Wire the live mode into the page. `app` is the photo mode's {config, session, inputName,
+ * outputName, softmax, ort}; `ui` gives {video, canvas, fps, status, renderBars, setStatus}.
+ * Returns {start(stream), stop(), stats()}: stats are exposed to tests as window.emorec.live.
+ */
+export function createLive(app, ui, overrides = {}) {
+  const options = { ...DEFAULTS, ...(app.config.live || {}), ...overrides };
+  const frame = document.createElement('canvas');
+  const frameCtx = frame.getContext('2d', { willReadFrequently: true });
+  const overlayCtx = ui.canvas.getContext('2d');
+  const meter = new FpsMeter();
+  let detector = null;
+  let running = false;
+  let tracks = [];
+  let ids = 0;
+  const stats = { frames: 0, fps: 0, faces: 0, tracks: [], backend: null, msDetect: 0, msModel: 0 };
+
+  async function step() {
+    const { video } = ui;
+    const width = video.videoWidth;
+    const height = video.videoHeight;
+    if (!width || !height) return;
+    if (frame.width !== width || frame.height !== height) {
+      frame.width = ui.canvas.width = width;
+      frame.height = ui.canvas.height = height;
+    }
+    frameCtx.drawImage(video, 0, 0, width, height);
+    const t0 = performance.now();
+    const boxes = (await detector.detect(frame))
+      .sort((a, b) => b.width * b.height - a.width * a.height).slice(0, options.maxFaces);
+    const t1 = performance.now();
+    let faces = boxes
+      .map((box) => ({ box, crop: faceCrop(box, width, height, app.config.margin) }))
+      .filter(({ crop }) => crop.width > 0 && crop.height > 0);
+    if (faces.length) {
+      const input = batchInputs(frameCtx, faces.map((f) => f.crop), app.config);
+      const feeds = { [app.inputName]: new app.ort.Tensor('float32', input.data, input.dims) };
+      const logits = (await app.session.run(feeds))[app.outputName].data;
+      const n = app.config.classes.length;
+      faces = faces.map((face, i) => ({
+        ...face, probs: app.softmax(logits.slice(i * n, (i + 1) * n), app.config.temperature),
+      }));
+    }
+    const t2 = performance.now();
+    const nextId = () => { ids += 1; return ids; };
+    tracks = smoothTracks(faces, tracks, options.smoothing, options.matchIou, nextId);
+    overlayCtx.drawImage(frame, 0, 0);
+    drawOverlay(overlayCtx, tracks, app.config.classes);
+    if (tracks.length) ui.renderBars(app.config.classes, tracks[0].probs);
+    stats.frames += 1;
+    stats.fps = meter.tick(performance.now());
+    stats.faces = tracks.length;
+    stats.tracks = tracks.map((t) => ({
+      id: t.id, box: t.box, crop: t.crop, probs: t.probs, raw: t.raw,
+    }));
+    stats.msDetect = t1 - t0;
+    stats.msModel = t2 - t1;
+    stats.width = width;
+    stats.height = height;
+    ui.fps.textContent = `${stats.fps.toFixed(1)} fps · ${stats.faces} face(s) · `
+      + `detect ${stats.msDetect.toFixed(0)} ms · model ${stats.msModel.toFixed(0)} ms`;
+  }
+
+  async function loop() {
+    while (running) {
+      try {
+        await step();
+      } catch (err) {
+        running = false;
+        ui.setStatus(`Live mode stopped: ${err.message}`, true);
+        throw err;
+      }
+      // Yield to the page (paint, input) between frames.
+      await new Promise((resolve) => { requestAnimationFrame(() => resolve()); });
+    }
+  }
+
+  return {
+    async start() {
+      if (!detector) {
+        ui.setStatus('Loading the face detector…');
+        detector = await loadDetector(app.faceModelUrl, options);
+        stats.backend = detector.backend;
+      }
+      running = true;
+      ui.canvas.hidden = false;
+      ui.fps.hidden = false;
+      ui.setStatus(`Live: face detector on ${stats.backend}, model on onnxruntime-web.`);
+      loop().catch((err) => console.error(err));
+    },
+    stop() {
+      running = false;
+      tracks = [];
+    },
+    stats: () => stats,
+    options,
+  };
+}

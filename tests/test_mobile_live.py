@@ -1,0 +1,194 @@
+"""The PWA's live mode in headless Chromium, fed a fake camera made from real photos.
+
+Chromium reads its camera from a ``.y4m`` file written here from scikit-image's astronaut and
+matplotlib's Grace Hopper (two faces side by side, drifting a few pixels per frame). The app
+must find both faces with the Tiny Face Detector whose weights come from the npm package and are
+served by the app itself (no other origin is contacted), classify each, keep each face's track
+across frames (so its probabilities are smoothed) and report a frame rate.
+
+``EMOREC_LIVE_REPORT=reports/faces/live_mode.json`` also writes the measured frame rate there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from test_mobile import (  # noqa: F401 - fixtures shared with the photo-mode browser test
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    MOBILE,
+    TEST_MODEL_PREFIX,
+    assets_dir,
+    model_files,
+    server,
+    small_params,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+WIDTH, HEIGHT, FPS, FRAMES = 640, 480, 10, 30
+pytestmark = pytest.mark.slow
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location(
+        "face_detectors_bench", REPO / "benchmarks" / "face_detectors.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def head_and_shoulders(rgb: np.ndarray, box: tuple[int, int, int, int], side: int
+                       ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """A square around a face (2.2x its size), resized to ``side``; the face box moved along."""
+    x, y, w, h = box
+    half = int(max(w, h) * 1.1)
+    cx, cy = x + w // 2, y + h // 2
+    left, top = max(0, cx - half), max(0, cy - half)
+    crop = rgb[top:cy + half, left:cx + half]
+    f = side / crop.shape[0]
+    resized = cv2.resize(crop, (round(crop.shape[1] * f), side), interpolation=cv2.INTER_AREA)
+    return resized, (round((x - left) * f), round((y - top) * f), round(w * f), round(h * f))
+
+
+def camera_frames() -> tuple[list[np.ndarray], list[list[tuple[int, int, int, int]]]]:
+    """RGB frames with two real faces that drift right and down, and their true boxes."""
+    bench = _bench()
+    photos = bench.portraits()
+    parts = [head_and_shoulders(photos[n], bench.PORTRAIT_FACES[n], 280)
+             for n in ("astronaut", "grace_hopper")]
+    frames, truths = [], []
+    for i in range(FRAMES):
+        canvas = np.full((HEIGHT, WIDTH, 3), 200, np.uint8)
+        dx, dy = 20 + i, 60 + i // 2
+        boxes = []
+        for image, (x, y, w, h) in parts:
+            ih, iw = image.shape[:2]
+            iw = min(iw, WIDTH - dx)
+            canvas[dy:dy + ih, dx:dx + iw] = image[:, :iw]
+            boxes.append((dx + x, dy + y, w, h))
+            dx += iw + 10
+        frames.append(canvas)
+        truths.append(boxes)
+    return frames, truths
+
+
+def write_y4m(path: Path, frames: list[np.ndarray]) -> None:
+    """YUV 4:2:0 (BT.601, what Chromium's fake capture reads) at FPS frames per second."""
+    with path.open("wb") as out:
+        out.write(f"YUV4MPEG2 W{WIDTH} H{HEIGHT} F{FPS}:1 Ip A1:1 C420jpeg\n".encode())
+        for rgb in frames:
+            yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+            out.write(b"FRAME\n" + yuv.tobytes())
+
+
+def iou(a, b) -> float:
+    w = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    h = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return w * h / (a[2] * a[3] + b[2] * b[3] - w * h)
+
+
+@pytest.fixture(scope="module")
+def live_page(server, tmp_path_factory):  # noqa: F811 - the imported fixture
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/setup_browser.sh`")
+    if not (MOBILE / "node_modules" / "@vladmandic" / "face-api" / "model").is_dir():
+        pytest.fail("mobile/node_modules lacks @vladmandic/face-api: run `npm ci` in mobile/")
+    from playwright.sync_api import sync_playwright
+
+    frames, truths = camera_frames()
+    video = tmp_path_factory.mktemp("camera") / "faces.y4m"
+    write_y4m(video, frames)
+    args = CHROMIUM_ARGS + ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                            f"--use-file-for-fake-video-capture={video}"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=args)
+        page = browser.new_page()
+        page.errors, page.requests = [], []
+        page.on("pageerror", lambda err: page.errors.append(str(err)))
+        page.on("request", lambda req: page.requests.append(req.url))
+        page.goto(f"{server}/?model={TEST_MODEL_PREFIX}&sw=0"
+                  + (f"&tfjs={os.environ['EMOREC_TFJS']}" if os.environ.get("EMOREC_TFJS") else ""))
+        page.evaluate("window.emorec.ready.then(() => true)")
+        page.truths = truths
+        yield page
+        browser.close()
+
+
+def test_live_mode_boxes_and_classifies_every_face(live_page, server):  # noqa: F811
+    page = live_page
+    page.evaluate("window.emorec.live.start()")
+    page.wait_for_function("window.emorec.live.stats().frames >= 12", timeout=240_000,
+                           polling=500)
+    first = page.evaluate("window.emorec.live.stats()")
+    page.wait_for_function(f"window.emorec.live.stats().frames >= {first['frames'] + 6}",
+                           timeout=240_000, polling=500)
+    stats = page.evaluate("window.emorec.live.stats()")
+    page.evaluate("window.emorec.live.stop()")
+
+    assert (stats["width"], stats["height"]) == (WIDTH, HEIGHT)
+    assert stats["fps"] > 0 and stats["backend"]
+    assert stats["faces"] == 2, stats["tracks"]
+    # Each real face is boxed (the camera's frame is somewhere in the looping clip, so compare
+    # with the truth of every frame and take the best).
+    for track in stats["tracks"]:
+        box = track["box"]
+        b = (box["x"], box["y"], box["width"], box["height"])
+        best = max(iou(b, t) for boxes in page.truths for t in boxes)
+        assert best > 0.3, (b, best)
+        crop = track["crop"]  # the margin is added around the detection
+        assert crop["width"] > box["width"] and crop["x"] <= box["x"]
+        assert sum(track["probs"]) == pytest.approx(1.0, abs=1e-5)
+        assert sum(track["raw"]) == pytest.approx(1.0, abs=1e-5)
+    # The same two faces were followed from frame to frame (their probabilities are smoothed).
+    assert {t["id"] for t in stats["tracks"]} == {t["id"] for t in first["tracks"]}
+    bars = page.eval_on_selector_all("#bars li", "rows => rows.map(r => r.dataset.class)")
+    assert len(bars) == 6
+    assert "fps" in page.text_content("#fps")
+    assert all(url.startswith(server) for url in page.requests), "live mode left its origin"
+    assert any("tiny_face_detector_model" in url for url in page.requests)
+    assert page.errors == []
+
+    report = os.environ.get("EMOREC_LIVE_REPORT")
+    if report:
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
+        Path(report).write_text(json.dumps({
+            "fps": round(stats["fps"], 2), "frames": stats["frames"], "faces": stats["faces"],
+            "frame": [WIDTH, HEIGHT], "detector": "face-api TinyFaceDetector (inputSize "
+            f"{page.evaluate('window.emorec.live.options.inputSize')})",
+            "tfjs_backend": stats["backend"], "ms_detect_last": round(stats["msDetect"], 1),
+            "ms_model_last": round(stats["msModel"], 1),
+            "browser": "headless Chromium (Debian), --disable-gpu, fake camera from a .y4m",
+            "cpus": os.cpu_count(),
+        }, indent=2) + "\n")
+
+
+def test_live_helpers(live_page):
+    """Smoothing and the fps meter as modules, without a camera."""
+    out = live_page.evaluate("""async () => {
+        const m = await import('./src/live.js');
+        let id = 0;
+        const next = () => ++id;
+        const box = {x: 0, y: 0, width: 10, height: 10};
+        const moved = {x: 1, y: 1, width: 10, height: 10};
+        const far = {x: 50, y: 50, width: 10, height: 10};
+        const t1 = m.smoothTracks([{box, probs: [1, 0]}], [], 0.5, 0.3, next);
+        const t2 = m.smoothTracks([{box: moved, probs: [0, 1]}, {box: far, probs: [0, 1]}],
+                                  t1, 0.5, 0.3, next);
+        const meter = new m.FpsMeter(2000);
+        [0, 100, 200, 300].forEach((t) => meter.tick(t));
+        return {t1, t2, fps: meter.fps(), iou: m.iou(box, moved)};
+    }""")
+    assert out["t1"][0]["id"] == 1 and out["t1"][0]["probs"] == [1, 0]
+    kept, new = out["t2"]
+    assert kept["id"] == 1 and kept["probs"] == [0.5, 0.5] and kept["raw"] == [0, 1]
+    assert new["id"] == 2 and new["probs"] == [0, 1]
+    assert out["fps"] == pytest.approx(10.0)
+    assert out["iou"] == pytest.approx(81 / 119)
