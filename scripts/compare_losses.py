@@ -4,8 +4,8 @@
     python scripts/compare_losses.py --losses ce focal  # a subset
     python scripts/compare_losses.py --from-exps        # only re-read finished experiments
 
-Each loss is one ``dvc exp run evaluate -S train.loss=<loss>`` (named ``loss-<loss>``; stages
-after evaluate are not needed for the comparison), so the runs also show in ``dvc exp show``.
+Each loss is one ``dvc exp run --temp evaluate -S train.loss=<loss>`` (named ``loss-<loss>``,
+run outside the workspace; stages after evaluate are not needed), so they show in ``dvc exp show``.
 The test-split F1 of the minority classes (``--classes``, default fearful, angry, surprised)
 and macro-F1 of each run go to ``reports/loss_comparison.json``.
 """
@@ -27,7 +27,8 @@ METRICS = "reports/metrics/test.json"
 
 
 def run_experiment(loss: str) -> None:
-    cmd = ["dvc", "exp", "run", "evaluate", "--name", f"loss-{loss}", "-S", f"train.loss={loss}"]
+    cmd = ["dvc", "exp", "run", "--temp", "evaluate", "--name", f"loss-{loss}",
+           "-S", f"train.loss={loss}"]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
