@@ -731,8 +731,8 @@ RESUMABLE_CHANGES = frozenset({"train.epochs"})
 #: The train stage's code deps in dvc.yaml (tests/test_resume.py keeps the lists equal); the
 #: stage script adds itself through ``TrainPaths.code``.
 CODE_MODULES = ("emorec.splits", "emorec.training", "emorec.callbacks", "emorec.evaluation",
-                "emorec.precision", "emorec.memory_data", "emorec.models", "emorec.data",
-                "emorec.transforms")
+                "emorec.precision", "emorec.memory_data", "emorec.losses", "emorec.models",
+                "emorec.data", "emorec.transforms")
 #: Layout version of the state file; a state of another layout is not resumed.
 STATE_FORMAT = 2
 #: Under DDP the ranks agree on a stop request every this many steps (one all-reduce each).
