@@ -1,18 +1,24 @@
-"""BentoML service: facial emotion classification over HTTP with the exported (INT8) ONNX model.
+"""BentoML service: facial emotion classification over HTTP and WebSocket with the exported
+(INT8) ONNX model.
 
-Two services, one deployment:
-
-* ``EmotionModel`` owns the onnxruntime session and exposes one *batchable* API on preprocessed
-  arrays; BentoML's adaptive batching merges concurrent calls into one ``[N, 1, S, S]`` run.
-* ``EmotionClassifier`` is the public HTTP front. It decodes and validates every upload *before*
-  anything is batched, so a malformed image gets its own 4xx and can never fail other clients'
-  requests that happened to share a batch.
+One service, one process per worker, the model in-process. Each upload is decoded and
+validated on its own (a malformed image gets its own 4xx and never shares a model batch), then
+its face crops go to :class:`emorec.serving.MicroBatcher`: when the model is idle a request runs
+at once; requests that arrive while a batch runs are merged into the next batch. (The earlier
+design, BentoML adaptive batching in a second service, made every request wait for partners
+and cross an extra HTTP hop: about 100 ms per request on an idle server for a 2 ms model; see
+``reports/bench/serve_profile.json``.) Every answer carries a ``Server-Timing`` header
+(decode/detect, queue, model) for profiling.
 
 Every upload is answered per face. Mode ``faces`` (the default) finds the faces
 (``params.yaml: faces``), turns each upright by its eyes and classifies each crop; mode ``cropped``
 is for callers that already send tight face crops (FER-style) and classifies the whole upload.
 Either way a picture with no face (blank, or nothing a detector recognises) gets
 ``{"faces": [], "message": "no face found"}``, never an emotion.
+
+``/stream`` is a WebSocket for video: the client sends JPEG (or PNG) frames as binary
+messages and gets one JSON message per frame, in order, with the faces, a ``track_id`` per face
+and its emotion smoothed over the frames before (``serve.stream``).
 
 Run from the repository root::
 
@@ -26,25 +32,30 @@ preprocessing come from the model file's metadata). ``EMOREC_MODEL`` overrides t
 from __future__ import annotations
 
 import asyncio
+import gc
+import io
+import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal
 
-import aiohttp
 import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput, BentoMLException
 from PIL import Image, ImageOps
 from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 from starlette.applications import Starlette
-from starlette.datastructures import Headers, UploadFile
+from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 ROOT = Path(__file__).resolve().parents[1]
 try:  # inside a built bento the package travels as source under src/
@@ -57,12 +68,21 @@ from emorec.errors import ImageError  # noqa: E402
 from emorec.faces import FaceSettings  # noqa: E402
 from emorec.imageio import open_image  # noqa: E402
 from emorec.inference import OnnxClassifier  # noqa: E402
-from emorec.serving import FoundFaces, answer, find_faces, resolve_mode  # noqa: E402
+from emorec.serving import (  # noqa: E402
+    FaceTracker,
+    FoundFaces,
+    MicroBatcher,
+    Overloaded,
+    StreamSettings,
+    answer,
+    find_faces,
+    resolve_mode,
+    server_timing,
+    stream_answer,
+)
 
 log = logging.getLogger("emorec.service")
 MODEL_FILES = {"int8": "models/model.int8.onnx", "fp32": "models/model.onnx"}
-# RuntimeError texts of aiohttp when BentoML recycles the inter-service session mid-call.
-DROPPED_CONNECTION_MESSAGES = ("Session is closed", "Connection closed")
 
 
 @dataclass(frozen=True)
@@ -73,13 +93,15 @@ class ServeSettings:
     max_image_bytes: int
     max_image_side: int
     max_batch_size: int
-    max_latency_ms: int
+    max_queue: int
     max_images_per_request: int
     max_request_bytes: int
     faces: FaceSettings  # detector, min size, score threshold, crop margin (serve.face_margin)
     threads: int
+    workers: int
     timeout_s: float
-    backend_attempts: int
+    access_log: bool
+    stream: StreamSettings
 
     @classmethod
     def from_params(cls, params: Params, env: dict[str, str]) -> ServeSettings:
@@ -90,30 +112,37 @@ class ServeSettings:
             model_path=model,
             max_image_bytes=s.integer("max_image_bytes", low=1),
             max_image_side=s.integer("max_image_side", low=16),
-            max_batch_size=s.integer("max_batch_size", low=2),
-            max_latency_ms=s.integer("max_latency_ms", low=1),
+            max_batch_size=s.integer("max_batch_size", low=1),
+            max_queue=s.integer("max_queue", low=1),
             max_images_per_request=s.integer("max_images_per_request", low=1),
             max_request_bytes=s.integer("max_request_bytes", low=1),
             faces=FaceSettings.from_params(params),
             threads=s.integer("threads", low=0),
+            workers=s.integer("workers", low=1),
             timeout_s=s.number("timeout_s", low=1),
-            backend_attempts=s.integer("backend_attempts", low=1),
+            access_log=s.boolean("access_log"),
+            stream=StreamSettings.from_params(params),
         )
 
 
 SETTINGS = ServeSettings.from_params(
     load_params(os.environ.get("EMOREC_PARAMS") or ROOT / "params.yaml"), dict(os.environ))
 
-
-# Loaded in every service process: the model service runs it, the front reads its classes and
-# preprocessing (one self-describing file, so the two can never disagree).
+# One model and one batcher per worker process (BentoML imports this module in each).
 MODEL = OnnxClassifier(SETTINGS.model_path, threads=SETTINGS.threads)
+BATCHER = MicroBatcher(MODEL.probabilities, SETTINGS.max_batch_size, SETTINGS.max_queue)
 
 
 class PayloadTooLarge(BentoMLException):
     """413: the upload is bigger than ``serve.max_image_bytes`` / ``max_image_side`` allow."""
 
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class Busy(BentoMLException):
+    """503: more face crops wait for the model than ``serve.max_queue``; retry shortly."""
+
+    error_code = HTTPStatus.SERVICE_UNAVAILABLE
 
 
 Mode = Literal["faces", "cropped"]
@@ -145,23 +174,26 @@ class Answer(BaseModel):
         return {k: v for k, v in handler(self).items() if v is not None}
 
 
-def read_upload(path: Path, what: str) -> Image.Image:
-    """Validate and decode one upload, upright; 4xx exceptions name the field and the reason."""
-    if not isinstance(path, Path) or not path.is_file():
-        raise BadInput(f"{what}: expected an uploaded image file (multipart/form-data)")
-    size = path.stat().st_size
-    if size > SETTINGS.max_image_bytes:
-        raise PayloadTooLarge(f"{what}: too_large: {size} bytes, limit "
-                              f"{SETTINGS.max_image_bytes} (serve.max_image_bytes)")
-    try:
-        image = open_image(path.read_bytes(), max_side=SETTINGS.max_image_side)
-    except ImageError as err:
-        message = f"{what}: {err}"
-        if err.reason == "too_large":
-            raise PayloadTooLarge(message) from err
-        raise BadInput(message) from err
+def decode_image(data: bytes) -> Image.Image:
+    """Validate and decode one image's bytes, upright (ImageError says why not)."""
+    if len(data) > SETTINGS.max_image_bytes:
+        raise ImageError("too_large", f"{len(data)} bytes, limit {SETTINGS.max_image_bytes} "
+                         "(serve.max_image_bytes)")
+    image = open_image(data, max_side=SETTINGS.max_image_side)
     # Phone photos carry their rotation in EXIF; turn them upright as ingest and browsers do.
     return ImageOps.exif_transpose(image)
+
+
+def read_upload(path: Path, what: str) -> Image.Image:
+    """One multipart upload, decoded; 4xx exceptions name the field and the reason."""
+    if not isinstance(path, Path) or not path.is_file():
+        raise BadInput(f"{what}: expected an uploaded image file (multipart/form-data)")
+    try:
+        return decode_image(path.read_bytes())
+    except ImageError as err:
+        if err.reason == "too_large":
+            raise PayloadTooLarge(f"{what}: {err}") from err
+        raise BadInput(f"{what}: {err}") from err
 
 
 def load_upload(path: Path, what: str, mode: str) -> FoundFaces:
@@ -176,40 +208,163 @@ def request_mode(mode: str | None, face_crop: bool | None) -> str:
         raise BadInput(str(err)) from err
 
 
-@bentoml.service(name="emotion_model", traffic={"timeout": SETTINGS.timeout_s})
-class EmotionModel:
-    """The onnxruntime session behind adaptive batching."""
+def faces_of(data: bytes, mode: str) -> FoundFaces:
+    """Decode ``data`` and find its faces with their model inputs (ImageError if unusable)."""
+    return find_faces(decode_image(data), mode, SETTINGS.faces, MODEL.preprocess)
 
-    def __init__(self) -> None:
-        self.model = MODEL
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=SETTINGS.max_batch_size,
-                 max_latency_ms=SETTINGS.max_latency_ms)
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities ``[N, C]`` for a preprocessed float32 batch ``[N, 1, S, S]``."""
-        return self.model.probabilities(batch)
+# A whole-upload crop this small decodes in about 0.1 ms, less than the hop to a worker thread
+# and back costs the event loop; bigger images and face detection go to a thread.
+INLINE_MAX_BYTES = 64 * 1024
+INLINE_MAX_PIXELS = 160 * 160
+
+
+def decodes_inline(data: bytes, mode: str) -> bool:
+    """Whether to decode on the event loop: mode cropped and a small image (by its header)."""
+    if mode != "cropped" or len(data) > INLINE_MAX_BYTES:
+        return False
+    try:
+        width, height = Image.open(io.BytesIO(data)).size  # reads the header only
+    except Exception:  # noqa: BLE001 - a broken header fails as fast in decode_image
+        return True
+    return width * height <= INLINE_MAX_PIXELS
+
+
+async def classify_image(data: bytes, mode: str) -> tuple[dict[str, Any], dict[str, float]]:
+    """The answer for one image and where its time went (``Server-Timing`` stages, ms).
+
+    Raises ImageError (bad upload) or Overloaded (too many crops waiting); the callers turn
+    them into their 4xx/503 answers."""
+    started = time.perf_counter()
+    if decodes_inline(data, mode):
+        found = faces_of(data, mode)
+    else:
+        found = await asyncio.to_thread(faces_of, data, mode)
+    timings = {"decode" if mode == "cropped" else "detect": _elapsed_ms(started)}
+    probs = await classify_rows(found.inputs, timings)
+    timings["total"] = _elapsed_ms(started)
+    return answer(found, probs, MODEL.classes), timings
+
+
+async def classify_rows(inputs: list[np.ndarray], timings: dict[str, float]) -> np.ndarray:
+    """Probabilities for the face crops of one request through the shared micro-batcher;
+    adds ``queue`` and ``model`` milliseconds to ``timings``."""
+    if not inputs:
+        return np.empty((0, len(MODEL.classes)), dtype=np.float32)
+    result = await BATCHER(np.stack(inputs).astype(np.float32, copy=False))
+    timings.update(queue=result.wait_ms, model=result.model_ms)
+    return result.probabilities
+
+
+def _elapsed_ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes BentoML does not make: GET /health and the /stream WebSocket (mounted at "/", matched
+# passively by BentoML, so every other path still reaches the APIs below).
 
 
 async def _health(_: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", **MODEL.info()})
 
 
-# Mounted at "/" but matched passively by BentoML: only GET /health is served by it.
-health_app = Starlette(routes=[Route("/health", _health, methods=["GET"])])
+async def stream(ws: WebSocket) -> None:
+    """``/stream?mode=faces|cropped``: one JSON answer per binary frame, in the frames' order.
+
+    Up to ``serve.stream.max_in_flight`` frames are decoded and detected at once (in threads,
+    their crops batched with everyone else's), so one stream can use more than one core; the
+    answers still leave in order, and the per-face smoothing sees the frames in order. A bad
+    frame gets ``{"frame": i, "error": ...}`` and the stream goes on.
+    """
+    await ws.accept()
+    try:
+        mode = resolve_mode(ws.query_params.get("mode"), None)
+    except ValueError as err:
+        await ws.close(code=1008, reason=str(err)[:120])
+        return
+    settings = SETTINGS.stream
+    tracker = FaceTracker(settings.smoothing, settings.match_iou, settings.max_missed)
+    slots = asyncio.Semaphore(settings.max_in_flight)
+    pending: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+    sender = asyncio.create_task(_send_in_order(ws, pending, slots, tracker))
+    index = 0
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            await slots.acquire()
+            pending.put_nowait(asyncio.create_task(_frame(index, message.get("bytes"), mode)))
+            index += 1
+    finally:
+        pending.put_nowait(None)
+        await sender
+
+
+async def _frame(index: int, data: bytes | None, mode: str
+                 ) -> tuple[int, FoundFaces | None, np.ndarray | str]:
+    """Decode, detect and classify one frame: ``(index, faces, probabilities)`` or
+    ``(index, None, error text)``."""
+    if data is None:
+        return index, None, "send each frame as a binary message (JPEG or PNG bytes)"
+    if len(data) > SETTINGS.stream.max_frame_bytes:
+        return index, None, (f"too_large: {len(data)} bytes, limit "
+                             f"{SETTINGS.stream.max_frame_bytes} (serve.stream.max_frame_bytes)")
+    try:
+        found = await asyncio.to_thread(faces_of, data, mode)
+        return index, found, await classify_rows(found.inputs, {})
+    except (ImageError, Overloaded) as err:
+        return index, None, f"frame {index}: {err}"
+
+
+async def _send_in_order(ws: WebSocket, pending: asyncio.Queue, slots: asyncio.Semaphore,
+                         tracker: FaceTracker) -> None:
+    """Answer the frames in the order they came, smoothing each face over its track.
+
+    Once the client is gone the frames still in flight are drained unanswered, so that the
+    reader, which may wait for a free slot, always gets one and sees the disconnect."""
+    gone = False
+    while (task := await pending.get()) is not None:
+        try:
+            index, found, result = await task
+        finally:
+            slots.release()
+        if gone:
+            continue
+        if found is None:
+            message: dict[str, Any] = {"frame": index, "error": result}
+        else:
+            message = stream_answer(index, found, result, tracker, MODEL.classes)
+        try:
+            await ws.send_text(json.dumps(message))
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            gone = True
+
+
+extra_app = Starlette(routes=[Route("/health", _health, methods=["GET"]),
+                              WebSocketRoute("/stream", stream)])
 
 
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 class UploadGuard:
-    """ASGI middleware in front of the upload endpoints.
+    """ASGI middleware in front of the upload endpoints; answers ``POST /classify`` itself.
 
-    BentoML treats a *text* value in a file field as a URL to download, tries to JSON-decode
-    uploads in unknown fields (both end in a 500) and spools uploads of any size to disk before
-    the API sees them. This guard answers these cases itself: a body over the byte limit gets
-    413 (from Content-Length when given, before reading it); a missing or unknown field, or a
-    text value where a file belongs, gets 400. Valid requests pass on untouched (the buffered
-    body is replayed to BentoML).
+    Checks: BentoML treats a *text* value in a file field as a URL to download, tries to
+    JSON-decode uploads in unknown fields (both end in a 500) and spools uploads of any size to
+    disk before the API sees them. The guard answers these cases itself: a body over the byte
+    limit gets 413 (from Content-Length when given, before reading it); a missing or unknown
+    field, or a text value where a file belongs, gets 400.
+
+    Fast path: having parsed the form already, the guard answers a valid single-image upload
+    (``rule.handler``) with the same code and answer as ``EmotionClassifier.classify``. Through
+    BentoML's request model each request also paid a second multipart parse, a temporary file
+    and a pydantic round trip: about half of the event loop's time under load
+    (``reports/bench/serve_profile.json``). BentoML's own middleware (access log, metrics,
+    tracing, timeout) still wraps it. Other valid requests pass on untouched (the buffered body
+    is replayed to BentoML).
     """
 
     def __init__(self, app: Any, rules: dict[str, UploadRule]):
@@ -225,59 +380,108 @@ class UploadGuard:
         if not headers.get("content-type", "").startswith(_FORM_TYPES):
             await self.app(scope, receive, send)
             return
-        limit = rule.max_bytes
-        too_large = (f"too_large: request body exceeds {limit} bytes "
-                     "(serve.max_image_bytes / serve.max_request_bytes)")
-        if int(headers.get("content-length") or 0) > limit:
-            await JSONResponse({"error": too_large}, status_code=413)(scope, receive, send)
+        body = await _read_body(receive, headers, rule.max_bytes)
+        if isinstance(body, Response) or body is None:
+            if body is not None:
+                await body(scope, receive, send)
             return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > limit:
-                await JSONResponse({"error": too_large}, status_code=413)(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        problem = await self._check_fields(scope, bytes(body), receive, rule)
-        if problem:
-            await JSONResponse({"error": problem}, status_code=400)(scope, receive, send)
-            return
-        await self.app(scope, _replay(bytes(body), receive), send)
-
-    @staticmethod
-    async def _check_fields(scope: dict, body: bytes, receive: Any, rule: UploadRule
-                            ) -> str | None:
         try:
             form = await Request(scope, _replay(body, receive)).form()
         except Exception as err:  # starlette raises MultiPartException, KeyError, ...
-            return f"malformed form body: {err}"
+            await _error(400, f"malformed form body: {err}")(scope, receive, send)
+            return
         try:
-            items = form.multi_items()
+            problem = rule.check(form)
+            if problem:
+                response: Response | None = _error(400, problem)
+            elif rule.handler is not None:
+                response = await rule.handler(form)
+            else:
+                response = None
         finally:
             await form.close()
-        unknown = sorted({k for k, _ in items} - {rule.field, *rule.options})
-        if unknown:
-            return (f"unexpected form field(s) {unknown}; send the image(s) as field "
-                    f"'{rule.field}' (options: {list(rule.options)})")
-        files = [v for k, v in items if k == rule.field]
-        if not files:
-            return f"{rule.field}: missing; upload the image as multipart field '{rule.field}'"
-        if any(not isinstance(v, UploadFile) for v in files):
-            return f"{rule.field}: expected an uploaded image file, got a text value"
-        return None
+        if response is not None:
+            await response(scope, receive, send)
+        else:
+            await self.app(scope, _replay(body, receive), send)
 
 
 @dataclass(frozen=True)
 class UploadRule:
-    """What :class:`UploadGuard` accepts on one route."""
+    """What :class:`UploadGuard` accepts on one route, and who answers it."""
 
     field: str                 # the file field
     options: tuple[str, ...]   # other (text) fields allowed
     max_bytes: int             # largest request body
+    handler: Callable[[FormData], Awaitable[Response]] | None = None  # None: BentoML answers
+
+    def check(self, form: FormData) -> str | None:
+        """What is wrong with the form's fields, or None."""
+        items = form.multi_items()
+        unknown = sorted({k for k, _ in items} - {self.field, *self.options})
+        if unknown:
+            return (f"unexpected form field(s) {unknown}; send the image(s) as field "
+                    f"'{self.field}' (options: {list(self.options)})")
+        files = [v for k, v in items if k == self.field]
+        if not files:
+            return f"{self.field}: missing; upload the image as multipart field '{self.field}'"
+        if any(not isinstance(v, UploadFile) for v in files):
+            return f"{self.field}: expected an uploaded image file, got a text value"
+        return None
+
+
+async def _read_body(receive: Any, headers: Headers, limit: int) -> bytes | Response | None:
+    """The whole request body, a 413 answer if it exceeds ``limit``, None if the client left."""
+    too_large = _error(413, f"too_large: request body exceeds {limit} bytes "
+                       "(serve.max_image_bytes / serve.max_request_bytes)")
+    if int(headers.get("content-length") or 0) > limit:
+        return too_large
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > limit:
+            return too_large
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "on", "t", "y"}, {"false", "0", "no", "off", "f", "n"}
+
+
+def _form_flag(value: Any) -> bool | None:
+    """A form's boolean text as pydantic reads it (ValueError if it is none of those)."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ValueError(f"face_crop must be true or false, got {value!r}")
+
+
+async def classify_form(form: FormData) -> Response:
+    """``POST /classify`` from an already parsed form (the guard's fast path)."""
+    files = form.getlist("image")
+    if len(files) != 1:
+        return _error(400, f"image: send exactly one file, got {len(files)}")
+    try:
+        mode = resolve_mode(form.get("mode"), _form_flag(form.get("face_crop")))
+    except ValueError as err:
+        return _error(400, str(err))
+    try:
+        result, timings = await classify_image(await files[0].read(), mode)
+    except ImageError as err:
+        return _error(413 if err.reason == "too_large" else 400, f"image: {err}")
+    except Overloaded as err:
+        return _error(503, str(err))
+    return Response(Answer(**result).model_dump_json(), media_type="application/json",
+                    headers={"server-timing": server_timing(timings)})
 
 
 def _replay(body: bytes, receive: Any) -> Any:
@@ -294,48 +498,24 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replay
 
 
-@bentoml.asgi_app(health_app, path="/")
-@bentoml.service(name="emotion_classifier", traffic={"timeout": SETTINGS.timeout_s})
+@bentoml.asgi_app(extra_app, path="/")
+@bentoml.service(name="emotion_classifier", workers=SETTINGS.workers,
+                 traffic={"timeout": SETTINGS.timeout_s},
+                 logging={"access": {"enabled": SETTINGS.access_log}})
 class EmotionClassifier:
-    """Public API: classify one image, a batch of images, model info."""
+    """Public API: classify one image, a batch of images, model info; ``/stream`` for video."""
 
-    backend = bentoml.depends(EmotionModel)
-
-    async def _predict(self, arrays: list[np.ndarray]) -> np.ndarray:
-        """Probabilities for preprocessed images, in chunks the batcher accepts."""
-        if not arrays:
-            return np.empty((0, len(MODEL.classes)), dtype=np.float32)
-        step = SETTINGS.max_batch_size
-        chunks = [np.stack(arrays[i:i + step]).astype(np.float32)
-                  for i in range(0, len(arrays), step)]
-        results = await asyncio.gather(*(self._call_backend(c) for c in chunks))
-        return np.concatenate([np.asarray(r) for r in results])
-
-    async def _call_backend(self, chunk: np.ndarray) -> np.ndarray:
-        """One call to the batching model service, retried on a dropped connection.
-
-        BentoML >= 1.4.31 recycles its inter-service HTTP session every 100 requests by closing
-        it under requests still in flight (bentoml/BentoML#5540), which surfaces as
-        ``ServerDisconnectedError``, "Session is closed" or, when the body was cut mid-read,
-        "Connection closed". Inference is idempotent, so such a call is simply sent again on the
-        fresh session; other errors are not retried.
-        """
-        for attempt in range(1, SETTINGS.backend_attempts + 1):
-            try:
-                return await self.backend.to_async.predict(chunk)
-            except (aiohttp.ClientConnectionError, RuntimeError) as err:
-                transient = (isinstance(err, aiohttp.ClientConnectionError)
-                             or any(m in str(err) for m in DROPPED_CONNECTION_MESSAGES))
-                if not transient or attempt == SETTINGS.backend_attempts:
-                    raise
-                log.info("model service call dropped (%s), retry %d", type(err).__name__,
-                         attempt)
-        raise AssertionError("unreachable")
+    def __init__(self) -> None:
+        # Everything loaded so far (BentoML, pydantic, onnxruntime, ...) lives as long as the
+        # worker: moved out of the collector's sight, a full collection no longer walks it.
+        # Such walks paused the event loop for ~130 ms a few times a second under load.
+        gc.freeze()
 
     @bentoml.api
     async def classify(
         self,
         image: Path,
+        ctx: bentoml.Context,
         mode: Mode | None = None,
         face_crop: bool | None = None,
     ) -> Answer:
@@ -343,10 +523,18 @@ class EmotionClassifier:
 
         ``mode``: ``faces`` (default) detects the faces; ``cropped`` takes the image as one face
         crop. ``face_crop`` is the older flag: true = ``faces``, false = ``cropped``."""
-        found = await asyncio.to_thread(load_upload, image, "image",
-                                        request_mode(mode, face_crop))
-        probs = await self._predict(found.inputs)
-        return Answer(**answer(found, probs, MODEL.classes))
+        chosen = request_mode(mode, face_crop)
+        if not isinstance(image, Path) or not image.is_file():
+            raise BadInput("image: expected an uploaded image file (multipart/form-data)")
+        try:
+            result, timings = await classify_image(image.read_bytes(), chosen)
+        except ImageError as err:
+            error = PayloadTooLarge if err.reason == "too_large" else BadInput
+            raise error(f"image: {err}") from err
+        except Overloaded as err:
+            raise Busy(str(err)) from err
+        ctx.response.headers["server-timing"] = server_timing(timings)
+        return Answer(**result)
 
     @bentoml.api
     async def classify_batch(
@@ -368,7 +556,10 @@ class EmotionClassifier:
         loaded = await asyncio.gather(*(
             asyncio.to_thread(load_upload, path, f"images[{i}]", chosen)
             for i, path in enumerate(images)))
-        probs = await self._predict([x for found in loaded for x in found.inputs])
+        try:
+            probs = await classify_rows([x for found in loaded for x in found.inputs], {})
+        except Overloaded as err:
+            raise Busy(str(err)) from err
         ends = np.cumsum([len(found.inputs) for found in loaded])
         return [Answer(**answer(found, rows, MODEL.classes))
                 for found, rows in zip(loaded, np.split(probs, ends[:-1]), strict=True)]
@@ -386,14 +577,20 @@ class EmotionClassifier:
                           "score_threshold": SETTINGS.faces.score_threshold,
                           "margin": SETTINGS.faces.margin},
                 "batching": {"max_batch_size": SETTINGS.max_batch_size,
-                             "max_latency_ms": SETTINGS.max_latency_ms}}
+                             "max_queue": SETTINGS.max_queue, "workers": SETTINGS.workers,
+                             "this_worker": BATCHER.stats.to_json()},
+                "stream": {"smoothing": SETTINGS.stream.smoothing,
+                           "match_iou": SETTINGS.stream.match_iou,
+                           "max_missed": SETTINGS.stream.max_missed,
+                           "max_in_flight": SETTINGS.stream.max_in_flight}}
 
 
 _MULTIPART_SLACK = 64 * 1024  # form boundaries, part headers, the mode/face_crop fields
 _OPTIONS = ("mode", "face_crop")
 EmotionClassifier.add_asgi_middleware(UploadGuard, rules={
-    "/classify": UploadRule("image", _OPTIONS, SETTINGS.max_image_bytes + _MULTIPART_SLACK),
+    "/classify": UploadRule("image", _OPTIONS, SETTINGS.max_image_bytes + _MULTIPART_SLACK,
+                            handler=classify_form),
     "/classify_batch": UploadRule("images", _OPTIONS, SETTINGS.max_request_bytes),
 })
 
-__all__ = ["EmotionClassifier", "EmotionModel"]
+__all__ = ["EmotionClassifier"]

@@ -176,11 +176,36 @@ def _quantize(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+SERVE_SCENARIOS = {"single_cropped": "1 client, 64 px face (mode cropped)",
+                   "single_faces": "1 client, 640x480 photo (face detection)",
+                   "clients_50": "50 clients, 64 px faces", "burst_200": "200 connections at once",
+                   "mixed": "good and malformed uploads mixed"}
+
+
 def _serve_load(report: dict[str, Any]) -> list[str]:
-    lat = report["latency_ms"]
-    return [f"Service under load ({report['clients']} clients, {report['duration_s']:.0f} s, "
-            f"{report['endpoint']}): {report['requests_per_s']:.1f} req/s, "
-            f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, errors {report['errors']}."]
+    """benchmarks/serve_load.py (Locust): one row per scenario, the ceiling and the CPU."""
+    roof = report["ceiling"]
+    pinning = report.get("pinning") or {}
+    where = (f"server on core(s) {pinning['server_cpus']}, Locust on {pinning['client_cpus']}"
+             if pinning.get("server_cpus") else "server and Locust sharing the cores")
+    workers = (report.get("batching") or {}).get("workers")
+    where += f", {workers} server worker(s)" if workers else ""
+    lines = [f"Service under load ({report['tool']}, {report['cpu']['description']}, {where}; "
+             f"model: {report['model']['what']}):", "",
+             "| Scenario | req/s | p50 ms | p90 ms | p99 ms | Errors |",
+             "|---|---|---|---|---|---|"]
+    for name, s in report["scenarios"].items():
+        lat = s["latency_ms"]
+        lines.append(f"| {SERVE_SCENARIOS.get(name, name)} | {s['requests_per_s']:.1f} | "
+                     f"{lat['p50']:.1f} | {lat['p90']:.1f} | {lat['p99']:.1f} | {s['errors']} |")
+    line = (f"In-process onnxruntime ceiling ({roof['threads']} thread, batch 1): "
+            f"{roof['batch_1_img_s']:.0f} img/s")
+    if report.get("clients_50_vs_ceiling") is not None:
+        line += f"; 50 clients reach **{report['clients_50_vs_ceiling']:.2f}x** of it"
+    stream = report.get("targets", {}).get("stream_fps")
+    if stream:
+        line += f"; one 640x480 video stream over /stream: **{stream['value']:.1f} fps**"
+    return [*lines, "", line + "."]
 
 
 def _xai(report: dict[str, Any]) -> list[str]:
