@@ -184,6 +184,11 @@ SERVE_SCENARIOS = {"single_cropped": "1 client, 64 px face (mode cropped)",
 
 def _serve_load(report: dict[str, Any]) -> list[str]:
     """benchmarks/serve_load.py (Locust): one row per scenario, the ceiling and the CPU."""
+    if "scenarios" not in report:  # a report of the thread-client benchmark before Locust
+        lat = report["latency_ms"]
+        return [f"Service under load ({report['clients']} clients, {report['duration_s']:.0f} s, "
+                f"{report['endpoint']}): {report['requests_per_s']:.1f} req/s, "
+                f"p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, errors {report['errors']}."]
     roof = report["ceiling"]
     pinning = report.get("pinning") or {}
     where = (f"server on core(s) {pinning['server_cpus']}, Locust on {pinning['client_cpus']}"
