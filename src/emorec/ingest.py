@@ -210,8 +210,8 @@ def _fer_label(code: int | None, raw: str, mapping: dict[int, str | None]
 
 def _fer_rows(path: Path, frame: pd.DataFrame, mapping: dict[int, str | None]
               ) -> Iterator[Candidate]:
-    usages = (frame["Usage"].fillna("").astype(str).str.strip() if "Usage" in frame.columns
-              else pd.Series("", index=frame.index))
+    usage = frame["Usage"] if "Usage" in frame.columns else pd.Series("", index=frame.index)
+    usages = usage.astype(object).where(usage.notna(), "").astype(str).str.strip()
     order = sorted(range(len(frame)), key=lambda r: _usage_rank(usages.iat[r]))
     for row in order:
         emotion, pixels = frame["emotion"].iat[row], frame["pixels"].iat[row]
