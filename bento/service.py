@@ -67,7 +67,7 @@ from emorec.config import Params, load_params  # noqa: E402
 from emorec.errors import ImageError  # noqa: E402
 from emorec.faces import FaceSettings  # noqa: E402
 from emorec.imageio import open_image  # noqa: E402
-from emorec.inference import OnnxClassifier  # noqa: E402
+from emorec.inference import OnnxClassifier, resolve_min_confidence  # noqa: E402
 from emorec.serving import (  # noqa: E402
     FaceTracker,
     FoundFaces,
@@ -102,11 +102,13 @@ class ServeSettings:
     timeout_s: float
     access_log: bool
     stream: StreamSettings
+    min_confidence: Any  # "auto" (the model's suggestion) or a number; see resolve_min_confidence
 
     @classmethod
     def from_params(cls, params: Params, env: dict[str, str]) -> ServeSettings:
         s = params.section("serve")
         choice = s.choice("model", MODEL_FILES)
+        resolve_min_confidence(s.get("min_confidence", "auto"), None)  # a bad value stops here
         model = Path(env.get("EMOREC_MODEL") or ROOT / MODEL_FILES[choice])
         return cls(
             model_path=model,
@@ -122,6 +124,7 @@ class ServeSettings:
             timeout_s=s.number("timeout_s", low=1),
             access_log=s.boolean("access_log"),
             stream=StreamSettings.from_params(params),
+            min_confidence=s.get("min_confidence", "auto"),
         )
 
 
@@ -130,6 +133,10 @@ SETTINGS = ServeSettings.from_params(
 
 # One model and one batcher per worker process (BentoML imports this module in each).
 MODEL = OnnxClassifier(SETTINGS.model_path, threads=SETTINGS.threads)
+# Below this calibrated top-1 probability a face is answered "uncertain" (0: never; auto: the
+# threshold the evaluate stage found to answer 90 % of val, stored in the model's metadata).
+MIN_CONFIDENCE = resolve_min_confidence(SETTINGS.min_confidence,
+                                        MODEL.suggested_min_confidence) or None
 BATCHER = MicroBatcher(MODEL.probabilities, SETTINGS.max_batch_size, SETTINGS.max_queue)
 
 
@@ -154,9 +161,12 @@ class FaceAnswer(BaseModel):
     landmarks: dict[str, list[float]] | None = Field(
         None, description="[x, y] of left_eye, right_eye, nose, ... when the detector gives them")
     detection_score: float = Field(description="the face detector's confidence (cropped: 1)")
-    label: str = Field(description="most probable class")
-    confidence: float = Field(description="probability of the label")
+    label: str = Field(description="most probable class, or 'uncertain' below min_confidence")
+    confidence: float = Field(description="calibrated probability of the most probable class")
     probabilities: dict[str, float] = Field(description="probability of every class")
+    predicted: str | None = Field(None, description="most probable class (with min_confidence)")
+    min_confidence: float | None = Field(None, description="threshold in force (serve.min_"
+                                         "confidence), when one is")
 
 
 class Answer(BaseModel):
@@ -243,7 +253,7 @@ async def classify_image(data: bytes, mode: str) -> tuple[dict[str, Any], dict[s
     timings = {"decode" if mode == "cropped" else "detect": _elapsed_ms(started)}
     probs = await classify_rows(found.inputs, timings)
     timings["total"] = _elapsed_ms(started)
-    return answer(found, probs, MODEL.classes), timings
+    return answer(found, probs, MODEL.classes, MIN_CONFIDENCE), timings
 
 
 async def classify_rows(inputs: list[np.ndarray], timings: dict[str, float]) -> np.ndarray:
@@ -335,7 +345,8 @@ async def _send_in_order(ws: WebSocket, pending: asyncio.Queue, slots: asyncio.S
         if found is None:
             message: dict[str, Any] = {"frame": index, "error": result}
         else:
-            message = stream_answer(index, found, result, tracker, MODEL.classes)
+            message = stream_answer(index, found, result, tracker, MODEL.classes,
+                                    MIN_CONFIDENCE)
         try:
             await ws.send_text(json.dumps(message))
         except (WebSocketDisconnect, RuntimeError, OSError):
@@ -561,7 +572,7 @@ class EmotionClassifier:
         except Overloaded as err:
             raise Busy(str(err)) from err
         ends = np.cumsum([len(found.inputs) for found in loaded])
-        return [Answer(**answer(found, rows, MODEL.classes))
+        return [Answer(**answer(found, rows, MODEL.classes, MIN_CONFIDENCE))
                 for found, rows in zip(loaded, np.split(probs, ends[:-1]), strict=True)]
 
     @bentoml.api

@@ -459,3 +459,29 @@ def test_serve_load_benchmark_cli(server, tmp_path, int8_model, server_params):
     assert mixed["bad_uploads"] > 0 and set(mixed["status_counts"]) >= {"200", "400"}
     assert report["ceiling"]["batch_1_img_s"] > 0 and report["clients_50_vs_ceiling"] > 0
     assert report["cpu"]["logical_cores"] >= 1 and report["cpu"]["description"]
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory, int8_model, server_params):
+    """The same model behind a server whose serve.min_confidence no answer can reach."""
+    tmp = tmp_path_factory.mktemp("svc_strict")
+    raw = server_params.to_dict()
+    raw["serve"]["min_confidence"] = 0.99
+    (tmp / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {"EMOREC_MODEL": str(int8_model), "EMOREC_PARAMS": str(tmp / "params.yaml"),
+           "BENTOML_HOME": str(tmp / "bentoml_home")}
+    with BentoServer(log_path=tmp / "serve.log", env=env) as srv:
+        yield srv
+
+
+def test_below_min_confidence_the_answer_is_uncertain(server, strict_server, reference):
+    face = Image.fromarray(PHOTOS["astronaut"]).resize((64, 64))
+    files = {"image": ("face.png", png(face), "image/png")}
+    sure = post(server, "classify", files=files, data={"mode": "cropped"}).json()["faces"][0]
+    assert sure["label"] in reference.classes and sure.get("predicted") is None  # no threshold
+    body = post(strict_server, "classify", files=files, data={"mode": "cropped"}).json()
+    (unsure,) = body["faces"]
+    assert unsure["confidence"] < 0.99  # the tiny random model is never that sure
+    assert unsure["label"] == "uncertain" and body["label"] == "uncertain"
+    assert unsure["predicted"] == sure["label"] and unsure["min_confidence"] == 0.99
+    assert unsure["probabilities"] == pytest.approx(sure["probabilities"], abs=1e-6)

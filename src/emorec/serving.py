@@ -93,18 +93,20 @@ def find_faces(image: Image.Image, mode: str, settings: FaceSettings,
     return FoundFaces(faces, [preprocess(crop) for crop in crops])
 
 
-def answer(found: FoundFaces, probabilities: np.ndarray, classes: Sequence[str]
-           ) -> dict[str, Any]:
+def answer(found: FoundFaces, probabilities: np.ndarray, classes: Sequence[str],
+           min_confidence: float | None = None) -> dict[str, Any]:
     """The JSON answer for one upload: ``{"faces": [...]}``, or ``{"faces": [], "message":
     "no face found"}``. The top-level ``label``/``confidence``/``probabilities``/``face_box``
-    repeat the largest face, for clients of the single-face API (left out when there is none)."""
+    repeat the largest face, for clients of the single-face API (left out when there is none).
+    A face whose top probability is below ``min_confidence`` is labelled ``uncertain``."""
     if not found.faces:
         return {"faces": [], "message": NO_FACE}
     faces = []
     for face, probs in zip(found.faces, probabilities, strict=True):
         detection = face.to_json()
         faces.append({"box": detection["box"], "landmarks": detection["landmarks"],
-                      "detection_score": detection["score"], **describe_row(probs, classes)})
+                      "detection_score": detection["score"],
+                      **describe_row(probs, classes, min_confidence)})
     largest = faces[0]
     return {"faces": faces, "label": largest["label"], "confidence": largest["confidence"],
             "probabilities": largest["probabilities"], "face_box": largest["box"]}
@@ -362,7 +364,8 @@ class FaceTracker:
 
 
 def stream_answer(index: int, found: FoundFaces, probabilities: np.ndarray,
-                  tracker: FaceTracker, classes: Sequence[str]) -> dict[str, Any]:
+                  tracker: FaceTracker, classes: Sequence[str],
+                  min_confidence: float | None = None) -> dict[str, Any]:
     """The message for frame ``index``: like :func:`answer` per face plus its ``track_id``; the
     label, confidence and probabilities are the track's smoothed ones."""
     tracked = tracker.update([f.box for f in found.faces], probabilities)
@@ -371,7 +374,7 @@ def stream_answer(index: int, found: FoundFaces, probabilities: np.ndarray,
         detection = face.to_json()
         faces.append({"box": detection["box"], "landmarks": detection["landmarks"],
                       "detection_score": detection["score"], "track_id": track_id,
-                      **describe_row(probs, classes)})
+                      **describe_row(probs, classes, min_confidence)})
     message: dict[str, Any] = {"frame": index, "faces": faces}
     if not faces:
         message["message"] = NO_FACE
