@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from facephotos import BENCH, PHOTOS, TRUTH
 from PIL import Image
 
 from emorec.config import Params, ParamsError
@@ -37,18 +38,7 @@ from emorec.transforms import Preprocess
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location(
-        "face_detectors_bench", REPO / "benchmarks" / "face_detectors.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_bench()
-PHOTOS = bench.portraits()
-TRUTH = bench.PORTRAIT_FACES
+bench = BENCH
 
 
 @pytest.fixture(scope="module")

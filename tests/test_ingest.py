@@ -232,11 +232,11 @@ def test_16_bit_and_transparent_images_are_rescaled_not_clipped():
 
 def test_face_crop_turns_photos_into_training_crops_and_counts_the_rest(params_raw, tmp_path):
     """Real photos shipped by packages: one face, a group, and photos with no face at all."""
+    from facephotos import BENCH, PHOTOS  # the detector benchmark's photos and helpers
     from skimage import data as skdata
-    from test_faces import PHOTOS, bench  # the detector benchmark's photos and helpers
 
     root = tmp_path / "photos"
-    group, _ = bench.tile_row([(PHOTOS[n], (bench.PORTRAIT_FACES[n],))
+    group, _ = BENCH.tile_row([(PHOTOS[n], (BENCH.PORTRAIT_FACES[n],))
                                for n in ("astronaut", "grace_hopper")])
     photos = {"happy/astronaut.png": PHOTOS["astronaut"], "sad/group.png": group,
               "neutral/coffee.png": skdata.coffee(), "angry/cat.png": skdata.chelsea()}

@@ -11,15 +11,14 @@ across frames (so its probabilities are smoothed) and report a frame rate.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from facephotos import BENCH
 from test_mobile import (  # noqa: F401 - fixtures shared with the photo-mode browser test
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -34,15 +33,6 @@ from test_mobile import (  # noqa: F401 - fixtures shared with the photo-mode br
 REPO = Path(__file__).resolve().parents[1]
 WIDTH, HEIGHT, FPS, FRAMES = 640, 480, 10, 30
 pytestmark = pytest.mark.slow
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "face_detectors_bench", REPO / "benchmarks" / "face_detectors.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def head_and_shoulders(rgb: np.ndarray, box: tuple[int, int, int, int], side: int
@@ -60,7 +50,7 @@ def head_and_shoulders(rgb: np.ndarray, box: tuple[int, int, int, int], side: in
 
 def camera_frames() -> tuple[list[np.ndarray], list[list[tuple[int, int, int, int]]]]:
     """RGB frames with two real faces that drift right and down, and their true boxes."""
-    bench = _bench()
+    bench = BENCH
     photos = bench.portraits()
     parts = [head_and_shoulders(photos[n], bench.PORTRAIT_FACES[n], 280)
              for n in ("astronaut", "grace_hopper")]

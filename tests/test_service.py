@@ -12,7 +12,6 @@ uploads must never get an emotion. The random ``face_like`` images are sent in m
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -26,6 +25,7 @@ import numpy as np
 import pytest
 import requests
 import yaml
+from facephotos import BENCH, PHOTOS, TRUTH
 from imagesplits import face_like
 from PIL import Image
 
@@ -92,18 +92,6 @@ def jpeg(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location(
-        "face_detectors_bench", REPO / "benchmarks" / "face_detectors.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-BENCH = _load_bench()
-PHOTOS = BENCH.portraits()
-TRUTH = BENCH.PORTRAIT_FACES
 CROPPED = {"mode": "cropped"}
 
 
