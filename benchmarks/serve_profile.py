@@ -8,6 +8,8 @@ one request) to two servers started in turn on the same cores and model:
   ``bento/service.py`` and ``params.yaml``;
 * ``after``: this checkout (model in-process behind :class:`emorec.serving.MicroBatcher`).
 
+Then 50 Locust clients for ``--load-seconds`` against each, with the same medians per service.
+
 For each, in mode ``cropped`` (a 64 px face) and ``faces`` (a 640x480 photo, face detection),
 the median of: the client's round trip, the time BentoML's access log gives each service, the
 ``Server-Timing`` stages of the new service, and the same work done in-process here (decode,
@@ -133,7 +135,8 @@ def access_times(log: Path, since: int) -> dict[str, list[float]]:
 
 def profile_server(server: BentoServer, payloads: dict[str, tuple[bytes, str, int]],
                    local: dict[str, float]) -> dict[str, Any]:
-    """Round trips, access-log and Server-Timing medians per mode, and the derived breakdown."""
+    """One client: round trips, access-log and Server-Timing medians per mode, and the
+    derived breakdown."""
     result: dict[str, Any] = {"http_floor_livez_ms": http_floor(server.url)}
     for mode, (body, ctype, count) in payloads.items():
         since = Path(server.log_path).stat().st_size
@@ -151,6 +154,37 @@ def profile_server(server: BentoServer, payloads: dict[str, tuple[bytes, str, in
                         "breakdown_ms": breakdown(median(totals), logged, timing, work,
                                                   local["model_batch_1"])}
     return result
+
+
+def under_load(server: BentoServer, items: list[dict[str, Any]], seconds: float, work: Path,
+               name: str) -> dict[str, Any]:
+    """50 Locust clients for ``seconds``: throughput, latency and the per-service medians
+    (access log of the old design, Server-Timing of the new one)."""
+    since = Path(server.log_path).stat().st_size
+    warmup = 2.0
+    records = serve_load.run_locust(server.url, items, 50, 50, seconds + warmup, None, 10.0,
+                                    work, f"profile_{name}")
+    summary = serve_load.summarise(records, items, 50, warmup, seconds + warmup)
+    time.sleep(0.5)
+    logged = access_times(Path(server.log_path), since)
+    front = median(logged.get("emotion_classifier/classify", []))
+    backend = median(logged.get("emotion_model/predict", []))
+    client = round(summary["latency_ms"]["p50"], 3)
+    stages = summary["server_timing_p50_ms"]
+    if backend is not None:
+        split = {"client_p50": client, "outside_the_front_service": round(client - front, 3),
+                 "front_service": front,
+                 "model_service_call (queueing for a batch + the batch's run)": backend,
+                 "front_minus_model_service (decode, hop)": round(front - backend, 3)}
+    else:
+        split = {"client_p50": client,
+                 "outside_the_handler (HTTP, framework, event loop queue)":
+                     round(client - stages.get("total", 0.0), 3),
+                 **{f"handler_{k}": round(v, 3) for k, v in stages.items()}}
+    return {"clients": 50, "seconds": seconds, "requests_per_s": summary["requests_per_s"],
+            "latency_ms": summary["latency_ms"], "errors": summary["errors"],
+            "access_log_p50_ms": {k: median(v) for k, v in logged.items()},
+            "breakdown_p50_ms": split}
 
 
 def breakdown(total: float, logged: dict[str, list[float]], timing: dict[str, float],
@@ -196,6 +230,10 @@ def main(params: Params, args: argparse.Namespace) -> None:
         with BentoServer(working_dir=folder, log_path=work / f"{name}.log", env=env,
                          cpus=server_cpus) as server:
             report[name] = profile_server(server, payloads, local)
+            if args.load_seconds > 0:
+                items = serve_load.plan_items("cropped", model, None, work)
+                report[name]["clients_50"] = under_load(server, items, args.load_seconds, work,
+                                                        name)
         print(f"{name}: cropped {report[name]['cropped']['client_round_trip_ms']} ms, faces "
               f"{report[name]['faces']['client_round_trip_ms']} ms", file=sys.stderr)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", nargs="+", choices=("before", "after"), default=None)
     parser.add_argument("--requests", type=int, default=200,
                         help="sequential requests in mode cropped (faces: a fifth)")
+    parser.add_argument("--load-seconds", type=float, default=10.0,
+                        help="seconds of 50 Locust clients per version (0: skip)")
     parser.add_argument("--server-cpus", default=None, help="cores for the server (default as "
                         "serve_load.py: all but the last)")
     parser.add_argument("--out", type=Path, default=Path("reports/bench/serve_profile.json"))

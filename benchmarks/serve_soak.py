@@ -34,7 +34,10 @@ from emorec.inference import OnnxClassifier
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_load  # noqa: E402  (model, payloads, core split and Locust runner)
 
-WARMUP_S = 5.0
+# RSS "at the start" is read after this warm-up (a quarter of a short run): the first seconds
+# of load grow every worker by tens of MB (allocator arenas, onnxruntime buffers per batch size)
+# and then plateau; growth after that is what a leak would show.
+WARMUP_S = 60.0
 # RSS may grow a little while allocators and caches settle; a leak grows without end.
 MAX_RSS_GROWTH = 0.25
 
@@ -102,7 +105,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
         began = time.time()
         locust.start()
         health.start()
-        time.sleep(min(WARMUP_S, args.duration / 4))
+        warmup = min(WARMUP_S, args.duration / 4)
+        time.sleep(warmup)
         start_rss = rss_mb(pids)
         while locust.is_alive():
             locust.join(timeout=args.sample_every)
@@ -116,14 +120,15 @@ def main(params: Params, args: argparse.Namespace) -> None:
         server.stop()
     if "records" not in load:
         raise serve_load.BenchError("the Locust run failed; see the messages above")
-    result = serve_load.summarise(load["records"], items, clients, WARMUP_S, args.duration)
+    result = serve_load.summarise(load["records"], items, clients, warmup, args.duration)
     growth = {pid: (end_rss.get(pid, float("nan")) - mb) / mb for pid, mb in start_rss.items()}
     checks = {"zero_errors": result["errors"] == 0 and result["server_5xx"] == 0,
               "health_during": health.summary()["failures"] == 0 and health.results != [],
               "health_after": after[1] == 200,
               "processes_alive": len(alive_after) == len(pids),
               "rss_growth_below": all(g <= MAX_RSS_GROWTH for g in growth.values())}
-    report = {"duration_s": args.duration, "clients": clients, "load": result,
+    report = {"duration_s": args.duration, "warmup_s": warmup, "clients": clients,
+              "load": result,
               "server_processes": pids,
               "rss_mb": {"start": start_rss, "end": end_rss,
                          "growth": {k: round(v, 4) for k, v in growth.items()},
