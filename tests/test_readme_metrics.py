@@ -94,3 +94,17 @@ def test_committed_text_of_a_file_missing_from_head(tool, tmp_path):
     assert tool.committed_text(tmp_path / "a.txt") == "a\n"
     assert tool.committed_text(tmp_path / "new.txt") is None
     assert tool.committed_text(tmp_path / "sub" / "none.json") is None
+
+
+def test_loss_comparison_is_rendered_best_first(tool, tmp_path):
+    runs = {name: {"minority_mean_f1": f1, "macro_f1": f1 - 0.01, "data_source": "demo"}
+            for name, f1 in (("ce", 0.886), ("ldam", 0.903))}
+    report = {"classes": ["fearful", "angry"], "split": "test", "runs": runs,
+              "best_minority_mean_f1": "ldam"}
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/test.json").write_text(_test_report(0.5))
+    (tmp_path / "reports/loss_comparison.json").write_text(json.dumps(report))
+    (tmp_path / "README.md").write_text(TEMPLATE + "<!-- losses:start -->\n<!-- losses:end -->\n")
+    assert tool.main(_args(tmp_path)) == 0
+    text = (tmp_path / "README.md").read_text()
+    assert "ldam 0.903, ce 0.886" in text and "best: ldam" in text

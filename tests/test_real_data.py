@@ -37,7 +37,8 @@ def workspace(tmp_path, repo_params_raw) -> Path:
                                                "int8": {"test": {"accuracy": 0.49}}})
     write(tmp_path / "reports/split.json", {"sizes": {"train": 10, "val": 2, "test": 6}})
     write(tmp_path / "reports/train/metrics.json",
-          {"precision": "float32", "best": {"epoch": 3, "val_macro_f1": 0.4}})
+          {"precision": "float32", "best": {"epoch": 3, "val_macro_f1": 0.4},
+           "train": {"accuracy": 0.7}, "val": {"accuracy": 0.6}})
     write(tmp_path / "reports/train/plots/metrics/time/epoch_s.tsv",
           "step\tepoch_s\n0\t1.5\n1\t2\n")
     write(tmp_path / "reports/ingest.json", {"offered": 7, "accepted": 6,
@@ -58,6 +59,7 @@ def test_report_scores_seven_classes_and_folds_disgust_into_angry(workspace):
     assert report["int8"]["accuracy_drop_points"] == pytest.approx(1.0)
     assert report["train"]["wall_time_s"] == pytest.approx(3.5)
     assert report["train"]["best_epoch"] == 4
+    assert report["train"]["last_epoch"] == {"train_accuracy": 0.7, "val_accuracy": 0.6}
     assert report["ingest"]["rejected_by_reason"] == {"near_blank": 1}
     assert report["dataset_fingerprint"].startswith("sha256:")
     assert report["hardware"]["cpu"]["logical_cores"] >= 1

@@ -100,7 +100,10 @@ def build_report(root: Path = Path("."), fold: Mapping[str, str] = SIX_CLASS_FOL
         "hardware": {"cpu": cpu, "summary": describe(cpu), "gpu": _gpu_name()},
         "train": {"wall_time_s": train_wall_time_s(root), "precision": train.get("precision"),
                   "epochs": params["train"]["epochs"], "best_epoch": train["best"]["epoch"] + 1,
-                  "best_val_macro_f1": train["best"]["val_macro_f1"]},
+                  "best_val_macro_f1": train["best"]["val_macro_f1"],
+                  # over- or under-fitting at a glance (train accuracy is under augmentation)
+                  "last_epoch": {"train_accuracy": train["train"]["accuracy"],
+                                 "val_accuracy": train["val"]["accuracy"]}},
         "test": scores(actual, predicted, classes),
         "int8": {"accuracy": quantize["int8"]["test"]["accuracy"],
                  "fp32_onnx_accuracy": quantize["fp32"]["test"]["accuracy"],
