@@ -43,10 +43,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from emorec.faces import DETECTORS, DetectorUnavailable, Face, make_detector
+from emorec.config import load_params
+from emorec.faces import DETECTORS, DetectorUnavailable, Face, FaceSettings, make_detector
+from emorec.hardware import cpu_info, describe
 
 IOU_MATCH = 0.3
 GROUPS = ("portrait", "variant", "group", "lfw_grid", "faceless")
+REFERENCE_STEP = 0.709  # MTCNN's pyramid step in the paper and its reference code
 BUDGET_MS = 250.0  # median per image on the 2-core reference machine, for a live service
 Box = tuple[int, int, int, int]
 
@@ -237,11 +240,11 @@ def score_at(runs: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
             **total, "by_group": per_group}
 
 
-def run_detector(name: str, items: list[Sample], min_size: int
+def run_detector(name: str, items: list[Sample], min_size: int, **options: Any
                  ) -> tuple[list[dict[str, Any]], bool]:
     """Every image once (after one warm-up call), all detections kept, with the time taken;
-    and whether the detector gives landmarks."""
-    detector = make_detector(name, min_size=min_size, score_threshold=float("-inf"))
+    and whether the detector gives landmarks. ``options``: the detector's own knobs."""
+    detector = make_detector(name, min_size=min_size, score_threshold=float("-inf"), **options)
     detector.detect(items[0].rgb)
     runs = []
     for item in items:
@@ -253,8 +256,9 @@ def run_detector(name: str, items: list[Sample], min_size: int
     return runs, detector.has_landmarks
 
 
-def summarise(name: str, runs: list[dict[str, Any]], landmarks: bool) -> dict[str, Any]:
-    cls = DETECTORS[name]
+def summarise(name: str, runs: list[dict[str, Any]], landmarks: bool,
+              options: dict[str, Any]) -> dict[str, Any]:
+    cls = DETECTORS[name.split("@")[0]]
     default = score_at(runs, cls.default_threshold)
     ms = [r["ms"] for r in runs]
     ms_per_mpx = [r["ms"] / (r["pixels"] / 1e6) for r in runs]
@@ -263,6 +267,7 @@ def summarise(name: str, runs: list[dict[str, Any]], landmarks: bool) -> dict[st
               < len(r["truth"])]
     return {
         "detector": name,
+        "options": options,
         "landmarks": landmarks,
         "default_threshold": cls.default_threshold,
         **{k: default[k] for k in ("recall", "precision", "f1", "false_positives",
@@ -279,6 +284,7 @@ def summarise(name: str, runs: list[dict[str, Any]], landmarks: bool) -> dict[st
 
 def recommend(results: list[dict[str, Any]], budget_ms: float) -> dict[str, Any]:
     """Best F1 among the detectors whose median time fits the budget (ties: faster wins)."""
+    results = [r for r in results if "@" not in r["detector"]] or results  # not the variants
     fast = [r for r in results if r["ms_per_image_median"] <= budget_ms] or results
     best = max(fast, key=lambda r: (r["f1"], -r["ms_per_image_median"]))
     return {"detector": best["detector"], "rule": f"highest F1 at the default threshold among "
@@ -295,19 +301,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated image groups (default: all)")
     parser.add_argument("--min-size", type=int, default=24, help="smallest face side, px")
     parser.add_argument("--budget-ms", type=float, default=BUDGET_MS)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"),
+                        help="MTCNN's pyramid step and threads come from its faces.mtcnn")
+    parser.add_argument("--mtcnn-reference", type=float, default=REFERENCE_STEP,
+                        help="also run MTCNN at this pyramid step, on 1 thread, as "
+                             "'mtcnn@reference' (0: don't)")
     parser.add_argument("--out", type=Path, default=Path("reports/faces/detector_comparison.json"))
     args = parser.parse_args(argv)
 
     groups = set(args.groups.split(","))
     items = [s for s in samples() if s.group in groups]
+    settings = FaceSettings.from_params(load_params(args.params))
+    mtcnn = {"scale_factor": settings.scale_factor, "threads": settings.threads}
+    runs_of = [(name, {**mtcnn} if name == "mtcnn" else {}) for name in args.detectors.split(",")]
+    if "mtcnn" in args.detectors.split(",") and args.mtcnn_reference:
+        runs_of.append(("mtcnn@reference", {"scale_factor": args.mtcnn_reference, "threads": 1}))
     results, unavailable = [], {}
-    for name in args.detectors.split(","):
+    for name, options in runs_of:
         try:
-            runs, landmarks = run_detector(name, items, args.min_size)
+            runs, landmarks = run_detector(name.split("@")[0], items, args.min_size, **options)
         except DetectorUnavailable as err:
             unavailable[name] = str(err)
             continue
-        results.append(summarise(name, runs, landmarks))
+        results.append(summarise(name, runs, landmarks, options))
         r = results[-1]
         print(f"{name:9s} recall {r['recall']:.3f}  precision {r['precision']:.3f}  "
               f"F1 {r['f1']:.3f}  FP {r['false_positives']:3d}  "
@@ -320,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
                     "size": [int(s.rgb.shape[1]), int(s.rgb.shape[0])]} for s in items],
         "faces_total": sum(len(s.faces) for s in items),
         "match_iou": IOU_MATCH, "min_size": args.min_size,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "note": "one image at a time, one thread per detector where it has a knob"},
+        "machine": {"cpu": describe(cpu_info()), "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "note": "one image at a time; one thread per detector where it has a knob, "
+                            "but mtcnn's own faces.mtcnn.threads"},
         "results": results,
         "unavailable": unavailable,
         "recommended": recommend(results, args.budget_ms),

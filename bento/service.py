@@ -68,6 +68,7 @@ from emorec.errors import ImageError  # noqa: E402
 from emorec.faces import FaceSettings  # noqa: E402
 from emorec.imageio import open_image  # noqa: E402
 from emorec.inference import OnnxClassifier, resolve_min_confidence  # noqa: E402
+from emorec.request_timeout import install_in_bentoml  # noqa: E402
 from emorec.serving import (  # noqa: E402
     FaceTracker,
     FoundFaces,
@@ -127,6 +128,9 @@ class ServeSettings:
             min_confidence=s.get("min_confidence", "auto"),
         )
 
+
+# BentoML's own request timeout keeps every answered request alive for the whole timeout.
+install_in_bentoml()
 
 SETTINGS = ServeSettings.from_params(
     load_params(os.environ.get("EMOREC_PARAMS") or ROOT / "params.yaml"), dict(os.environ))

@@ -30,6 +30,7 @@ from typing import Any
 START, END = "<!-- metrics:start -->", "<!-- metrics:end -->"
 FER_START, FER_END = "<!-- fer2013:start -->", "<!-- fer2013:end -->"
 LOSS_START, LOSS_END = "<!-- losses:start -->", "<!-- losses:end -->"
+DETECT_START, DETECT_END = "<!-- detectors:start -->", "<!-- detectors:end -->"
 #: Published FER2013 PrivateTest accuracies (7 classes) the real-data section compares with.
 FER_ANCHORS = (
     ("Khaireddin & Chen 2021, VGGNet (best single network)", 0.7328),
@@ -279,6 +280,24 @@ def render_losses(report: dict[str, Any]) -> str:
             + "). _Generated from `reports/loss_comparison.json`._")
 
 
+def render_detectors(report: dict[str, Any]) -> str:
+    """The face detector table from ``reports/faces/detector_comparison.json``."""
+    machine = report["machine"]
+    lines = [f"{report['faces_total']} real faces in {len(report['images'])} images, "
+             f"{machine.get('cpu') or str(machine['cpus']) + ' cores'}:", "",
+             "| Detector | Options | Faces found | Recall | False positives | Median ms/image |",
+             "|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        options = ", ".join(f"{k} {v}" for k, v in r.get("options", {}).items())
+        lines.append(f"| {r['detector']} | {options} | {r['found']} of {r['faces']} | "
+                     f"{r['recall']:.3f} | {r['false_positives']} | "
+                     f"{r['ms_per_image_median']:.0f} |")
+    best = report["recommended"]
+    lines += ["", f"Recommended: **{best['detector']}** ({best['rule']}). "
+                  "_Generated from `reports/faces/detector_comparison.json`._"]
+    return "\n".join(lines)
+
+
 def splice(readme: str, section: str, where: Path, start: str = START, end: str = END) -> str:
     if (readme.count(start) != 1 or readme.count(end) != 1
             or readme.index(start) > readme.index(end)):
@@ -317,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     fer = _load(args.reports / "fer2013.json", False, read)
     if fer is not None:
         new = splice(new, render_fer2013(fer), args.readme, FER_START, FER_END)
+    detectors = _load(args.reports / "faces/detector_comparison.json", False, read)
+    if detectors is not None:
+        new = splice(new, render_detectors(detectors), args.readme, DETECT_START, DETECT_END)
     losses = _load(args.reports / "loss_comparison.json", False, read)
     if losses is not None:
         new = splice(new, render_losses(losses), args.readme, LOSS_START, LOSS_END)

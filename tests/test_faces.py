@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from facephotos import BENCH, PHOTOS, TRUTH
@@ -24,6 +25,7 @@ from emorec.faces import (
     DetectorUnavailable,
     Face,
     FaceSettings,
+    _pnet_bands,
     align_crop,
     detect_faces,
     eye_angle,
@@ -128,6 +130,27 @@ def test_face_at_the_edge_keeps_its_place_in_the_crop():
     assert crop.image.size == (30, 30)  # border pixels repeated, not a smaller crop
 
 
+@pytest.mark.parametrize("height, width", [(240, 320), (171, 227), (75, 40), (21, 33)])
+def test_pnet_bands_give_the_whole_image_map_bit_for_bit(mtcnn, height, width):
+    pixels = cv2.resize(PHOTOS["astronaut"], (width, height), interpolation=cv2.INTER_AREA)
+    whole_prob, whole_reg = mtcnn._pnet_maps(pixels)
+    for count in (2, 3):
+        bands = _pnet_bands(pixels, count, min_rows=4)
+        assert len(bands) == (count if height > 60 else 1)
+        parts = [mtcnn._pnet_maps(band) for band in bands]
+        np.testing.assert_array_equal(np.vstack([p for p, _ in parts]), whole_prob)
+        np.testing.assert_array_equal(np.vstack([r for _, r in parts]), whole_reg)
+
+
+def test_mtcnn_threads_and_pyramid_step_keep_the_faces():
+    rgb, boxes = bench.tile_row([(PHOTOS[n], (TRUTH[n],)) for n in ("astronaut", "grace_hopper")])
+    one = make_detector("mtcnn", 24, 0.9, scale_factor=0.6, threads=1).detect(rgb)
+    two = make_detector("mtcnn", 24, 0.9, scale_factor=0.6, threads=2).detect(rgb)
+    assert [f.box for f in one] == [f.box for f in two]
+    assert [f.score for f in one] == pytest.approx([f.score for f in two], abs=1e-5)
+    assert bench.match(boxes, two) == (2, 0)
+
+
 def test_haar_helpers_keep_their_behaviour():
     boxes = detect_faces(Image.fromarray(PHOTOS["astronaut"]))
     assert len(boxes) == 1 and bench.iou(boxes[0], TRUTH["astronaut"]) > 0.5
@@ -153,6 +176,12 @@ def test_face_settings_from_params(repo_params_raw):
     raw["faces"]["detector"] = "yolo"
     with pytest.raises(ParamsError, match="faces.detector"):
         FaceSettings.from_params(Params(raw))
+    raw = json.loads(json.dumps(repo_params_raw))
+    raw["faces"]["mtcnn"]["scale_factor"] = 1.2  # a pyramid that grows never ends
+    with pytest.raises(ParamsError, match="faces.mtcnn.scale_factor"):
+        FaceSettings.from_params(Params(raw))
+    assert settings.detector_options() == {"scale_factor": settings.scale_factor,
+                                           "threads": settings.threads}
 
 
 def test_missing_weights_package_is_a_clear_error(monkeypatch):
@@ -211,11 +240,14 @@ def test_benchmark_cli_writes_the_comparison(tmp_path):
     out = tmp_path / "cmp.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "face_detectors.py"),
                            "--detectors", "haar,mtcnn", "--groups", "portrait,group,faceless",
-                           "--out", str(out)],
+                           "--params", str(REPO / "params.yaml"), "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
-    assert {r["detector"] for r in report["results"]} == {"haar", "mtcnn"}
+    # MTCNN as params.yaml sets it, and at the paper's pyramid step on one thread
+    assert {r["detector"] for r in report["results"]} == {"haar", "mtcnn", "mtcnn@reference"}
+    options = {r["detector"]: r["options"] for r in report["results"]}
+    assert options["mtcnn@reference"] == {"scale_factor": 0.709, "threads": 1}
     assert {i["group"] for i in report["images"]} == {"portrait", "group", "faceless"}
     assert report["faces_total"] == 3 + 9
     mtcnn = next(r for r in report["results"] if r["detector"] == "mtcnn")

@@ -108,3 +108,13 @@ def test_loss_comparison_is_rendered_best_first(tool, tmp_path):
     assert tool.main(_args(tmp_path)) == 0
     text = (tmp_path / "README.md").read_text()
     assert "ldam 0.903, ce 0.886" in text and "best: ldam" in text
+
+
+def test_detector_table_names_the_cpu_and_the_options(tool):
+    row = {"detector": "mtcnn", "options": {"scale_factor": 0.6}, "found": 3, "faces": 4,
+           "recall": 0.75, "false_positives": 0, "ms_per_image_median": 16.4}
+    report = {"faces_total": 4, "images": [{}, {}], "machine": {"cpu": "Some CPU, 2 cores"},
+              "results": [row], "recommended": {"detector": "mtcnn", "rule": "best F1"}}
+    text = tool.render_detectors(report)
+    assert "4 real faces in 2 images, Some CPU, 2 cores" in text
+    assert "| mtcnn | scale_factor 0.6 | 3 of 4 | 0.750 | 0 | 16 |" in text

@@ -27,7 +27,7 @@ from timm.data.random_erasing import RandomErasing
 from tqdm import tqdm
 
 from emorec.config import Params
-from emorec.errors import DataError
+from emorec.errors import DataError, ParamsError
 from emorec.transforms import Preprocess
 
 
@@ -64,7 +64,6 @@ class AugmentConfig:
         a = params.section("train.augment")
         scale = a.sequence("scale")
         if len(scale) != 2 or not 0 < float(scale[0]) <= float(scale[1]):
-            from emorec.errors import ParamsError
             raise ParamsError("train.augment.scale", f"must be [low, high] with 0 < low <= high, "
                                                      f"got {scale}")
         return cls(flip=a.number("flip", low=0, high=1),
