@@ -22,9 +22,12 @@ from PIL import Image
 
 from emorec.config import Params, ParamsError
 from emorec.faces import (
+    NMS_MATRIX_MAX,
     DetectorUnavailable,
     Face,
     FaceSettings,
+    _nms,
+    _overlaps,
     _pnet_bands,
     align_crop,
     detect_faces,
@@ -182,6 +185,9 @@ def test_face_settings_from_params(repo_params_raw):
         FaceSettings.from_params(Params(raw))
     assert settings.detector_options() == {"scale_factor": settings.scale_factor,
                                            "threads": settings.threads}
+    del raw["faces"]["mtcnn"]  # a params file from before the section: MTCNN as published
+    assert FaceSettings.from_params(Params(raw)).detector_options() == {"scale_factor": 0.709,
+                                                                        "threads": 1}
 
 
 def test_missing_weights_package_is_a_clear_error(monkeypatch):
@@ -253,3 +259,23 @@ def test_benchmark_cli_writes_the_comparison(tmp_path):
     mtcnn = next(r for r in report["results"] if r["detector"] == "mtcnn")
     assert mtcnn["landmarks"] and mtcnn["recall"] >= 0.9 and mtcnn["false_positives"] == 0
     assert report["recommended"]["detector"] == "mtcnn"
+
+
+def _textbook_nms(boxes: np.ndarray, threshold: float, union: bool) -> list[int]:
+    """Greedy NMS as MTCNN's reference code writes it: best box, drop its overlaps, repeat."""
+    order, keep = np.argsort(boxes[:, 4])[::-1], []
+    while order.size:
+        best, order = order[0], order[1:]
+        keep.append(int(best))
+        order = order[_overlaps(boxes[[best], :4], boxes[order, :4], union)[0] <= threshold]
+    return keep
+
+
+@pytest.mark.parametrize("count", [0, 1, 40, NMS_MATRIX_MAX + 60])  # matrix and row-wise paths
+def test_nms_keeps_what_the_textbook_greedy_loop_keeps(count):
+    rng = np.random.default_rng(count)
+    corner = rng.integers(0, 300, (count, 2)).astype(float)
+    boxes = np.hstack([corner, corner + rng.integers(5, 80, (count, 2)),
+                       rng.random((count, 1)).round(2)])  # rounded: tied scores too
+    for threshold, union in ((0.5, True), (0.7, True), (0.7, False)):
+        assert _nms(boxes, threshold, union).tolist() == _textbook_nms(boxes, threshold, union)

@@ -118,3 +118,16 @@ def test_detector_table_names_the_cpu_and_the_options(tool):
     text = tool.render_detectors(report)
     assert "4 real faces in 2 images, Some CPU, 2 cores" in text
     assert "| mtcnn | scale_factor 0.6 | 3 of 4 | 0.750 | 0 | 16 |" in text
+
+
+def test_soak_line_shows_every_process_memory_and_health(tool):
+    report = {"duration_s": 600.0, "warmup_s": 30.0, "clients": 50, "pass": False,
+              "cpu": {"description": "Some CPU, 2 cores"},
+              "load": {"requests": 1000, "errors": 2, "latency_ms": {"p99": 120.4}},
+              "rss_mb": {"start": {"1": 100.0, "2": 300.2}, "end": {"1": 100.0, "2": 420.0}},
+              "health": {"probes": 60, "failures": 1, "after_load_status": 200}}
+    [line] = tool._serve_soak(report)
+    assert "Soak (10 min at 50 clients" in line and "Some CPU, 2 cores" in line
+    assert "1000 requests, 2 errors, p99 120 ms" in line
+    assert "100 -> 100, 300 -> 420" in line and "59 of 60 probes" in line
+    assert line.endswith("(**fail**).")

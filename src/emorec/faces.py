@@ -92,8 +92,10 @@ class FaceSettings:
             margin=params.number("serve.face_margin", low=0, high=1),
             multi_face=s.choice("multi_face", MULTI_FACE_POLICIES),
             max_faces=s.integer("max_faces", low=1),
-            scale_factor=s.number("mtcnn.scale_factor", low=0.3, high=0.9),
-            threads=s.integer("mtcnn.threads", low=1),
+            # a params file from before faces.mtcnn gets MTCNN as published, on one thread
+            scale_factor=s.number("mtcnn.scale_factor", low=0.3, high=0.9,
+                                  default=cls.scale_factor),
+            threads=s.integer("mtcnn.threads", low=1, default=cls.threads),
         )
 
     def detector_options(self) -> dict[str, Any]:
@@ -129,8 +131,14 @@ def to_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
 
 
 def is_blank(rgb: np.ndarray) -> bool:
-    """True for a (near) flat picture: nothing there to detect or classify."""
-    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    """True for a (near) flat picture: nothing there to detect or classify.
+
+    A photo is judged on a grid of about 128 pixels along its shorter side: plenty to see
+    whether anything is there, at a fraction of the cost of every pixel (0.5 -> 0.05 ms at
+    640x480, on every request of the service).
+    """
+    step = max(1, min(rgb.shape[:2]) // 128)
+    gray = cv2.cvtColor(np.ascontiguousarray(rgb[::step, ::step]), cv2.COLOR_RGB2GRAY)
     return float(gray.std()) < BLANK_STD
 
 
@@ -443,21 +451,40 @@ def _nms(boxes: np.ndarray, threshold: float, union: bool = True) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression on ``[N, >=5]`` (x1, y1, x2, y2, score).
 
     ``union=False`` divides the overlap by the smaller box (MTCNN's last stage), which also drops
-    a small box inside a larger one.
+    a small box inside a larger one. Up to ``NMS_MATRIX_MAX`` boxes the pairwise overlaps are
+    one matrix and the greedy pass only reads it (a photo's NMS calls: ~2 -> ~0.3 ms); beyond,
+    one row is computed per kept box.
     """
-    x1, y1, x2, y2, score = (boxes[:, i] for i in range(5))
-    area = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(score)[::-1]
+    order = np.argsort(boxes[:, 4])[::-1]
+    ranked = boxes[order, 0:4]
+    matrix = _overlaps(ranked, ranked, union) if len(ranked) <= NMS_MATRIX_MAX else None
+    suppressed = np.zeros(len(ranked), dtype=bool)
     keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        inter = w * h
-        denom = (area[i] + area[rest] - inter) if union else np.minimum(area[i], area[rest])
-        order = rest[inter / denom <= threshold]
+    for i in range(len(ranked)):
+        if suppressed[i]:
+            continue
+        keep.append(order[i])
+        row = matrix[i] if matrix is not None else _overlaps(ranked[i:i + 1], ranked, union)[0]
+        suppressed |= row > threshold
     return np.array(keep, dtype=int)
+
+
+NMS_MATRIX_MAX = 1024  # 1024^2 float64 overlaps = 8 MB
+
+
+def _overlaps(a: np.ndarray, b: np.ndarray, union: bool) -> np.ndarray:
+    """``[len(a), len(b)]`` overlap of boxes (x1, y1, x2, y2, inclusive pixels): intersection
+    over union, or over the smaller box."""
+    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
+    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
+    w = np.maximum(0.0, np.minimum(a[:, None, 2], b[None, :, 2])
+                   - np.maximum(a[:, None, 0], b[None, :, 0]) + 1)
+    h = np.maximum(0.0, np.minimum(a[:, None, 3], b[None, :, 3])
+                   - np.maximum(a[:, None, 1], b[None, :, 1]) + 1)
+    inter = w * h
+    denom = (area_a[:, None] + area_b[None, :] - inter if union
+             else np.minimum(area_a[:, None], area_b[None, :]))
+    return inter / denom
 
 
 def _square(boxes: np.ndarray) -> np.ndarray:
