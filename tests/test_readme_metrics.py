@@ -131,3 +131,15 @@ def test_soak_line_shows_every_process_memory_and_health(tool):
     assert "1000 requests, 2 errors, p99 120 ms" in line
     assert "100 -> 100, 300 -> 420" in line and "59 of 60 probes" in line
     assert line.endswith("(**fail**).")
+
+
+def test_service_path_sentence_names_the_chosen_and_the_configured_margin(tool):
+    report = {"detector": {"name": "mtcnn"}, "chosen_margin": 0.05, "configured_margin": 0.15,
+              "val": {"found_rate": 0.76, "accuracy_on_found_by_margin": {"0.05": 0.67,
+                                                                          "0.15": 0.64}},
+              "test": {"found_rate": 0.75, "whole_image_accuracy_on_found": 0.68,
+                       "accuracy_on_found_by_margin": {"0.05": 0.6675, "0.15": 0.6373}}}
+    text = tool.render_service_path(report)
+    assert "0.05 67.0%, 0.15 64.0%; chosen: **0.05**" in text
+    assert "PrivateTest at 0.05: **66.75%**, vs 68.00%" in text
+    assert "`serve.face_margin` is 0.15: 63.73% on PrivateTest." in text
