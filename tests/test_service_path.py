@@ -57,3 +57,19 @@ def test_score_counts_found_faces_and_every_margin(tiny_onnx, labelled):
 def test_best_margin_is_the_most_accurate_and_the_smaller_on_ties():
     assert best_margin({"accuracy_on_found_by_margin": {"0": 0.6, "0.05": 0.7, "0.1": 0.7}}) == 0.05
     assert best_margin({"accuracy_on_found_by_margin": {"0.3": 0.5, "0.15": 0.4}}) == 0.3
+
+
+def test_script_says_what_is_missing_without_a_fer2013_run(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "scripts" / "fer2013_service_path.py"),
+                           "--workspace", str(tmp_path), "--params", str(repo / "params.yaml"),
+                           "--model", str(repo / "models" / "fer2013" / "model.int8.onnx"),
+                           "--out", str(tmp_path / "out.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "val.csv not found" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out.json").exists()
