@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -342,6 +343,20 @@ def test_health_and_info(server, int8_model):
     assert info["limits"]["max_images_per_request"] == LIMITS["max_images_per_request"]
 
 
+def _emorec_imports(path: Path) -> set[str]:
+    """Names of the emorec modules ``path`` imports at module level, and those they import,
+    transitively (imports inside functions serve the pipeline, not the service)."""
+    found: set[str] = set()
+    todo = [path]
+    while todo:
+        text = todo.pop().read_text()
+        for name in re.findall(r"^from emorec\.(\w+) import", text, re.M):
+            if name not in found:
+                found.add(name)
+                todo.append(REPO / "src" / "emorec" / f"{name}.py")
+    return found
+
+
 def test_bentoml_build_produces_a_servable_bento(tmp_path, int8_model):
     """``bentoml build`` from a repo-shaped context, then ``bentoml serve`` of the built bento."""
     ctx = tmp_path / "ctx"
@@ -370,6 +385,11 @@ def test_bentoml_build_produces_a_servable_bento(tmp_path, int8_model):
     assert {s["name"] for s in manifest["services"]} == {"emotion_classifier"}  # model in-process
     assert (bento / "src" / "models" / "model.int8.onnx").is_file()
     assert not (bento / "src" / "src" / "emorec" / "models.py").exists()  # no torch code
+    # every emorec module the service needs, directly or not, travels in the bento (here the
+    # installed package would hide a missing one; in a container nothing does)
+    shipped = bento / "src" / "src" / "emorec"
+    needed = _emorec_imports(REPO / "bento" / "service.py")
+    assert sorted(m for m in needed if not (shipped / f"{m}.py").is_file()) == []
 
     # The built bento serves on its own: model and params from inside the bento.
     with BentoServer(target=tag, working_dir=tmp_path, log_path=tmp_path / "bento.log",

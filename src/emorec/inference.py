@@ -22,7 +22,6 @@ from scipy.special import softmax
 
 from emorec.errors import EmorecError, ParamsError
 from emorec.imageio import open_image
-from emorec.splits import check_images_exist
 from emorec.transforms import Preprocess
 
 #: Keys of the ONNX ``metadata_props`` written by :func:`add_metadata`.
@@ -230,6 +229,9 @@ def predict_in_batches(model: OnnxClassifier, paths: Sequence[str | Path], batch
 
 def split_image_paths(frame: Any, root: str | Path, source: str | Path) -> list[Path]:
     """``root / path`` of every row of a split frame; missing files raise one clear error."""
+    # imported here: the service imports this module, and its image has no pandas (splits')
+    from emorec.splits import check_images_exist
+
     paths = [Path(root) / rel for rel in frame["path"]]
     check_images_exist(paths, source)
     return paths
