@@ -343,6 +343,16 @@ def splice(readme: str, section: str, where: Path, start: str = START, end: str 
     return f"{head}{start}\n{section}\n{end}{tail}"
 
 
+#: Sections of their own, each rendered when its report exists: (report under reports/,
+#: renderer, start marker, end marker).
+OPTIONAL_SECTIONS = (
+    ("fer2013.json", render_fer2013, FER_START, FER_END),
+    ("fer2013_service_path.json", render_service_path, PATH_START, PATH_END),
+    ("faces/detector_comparison.json", render_detectors, DETECT_START, DETECT_END),
+    ("loss_comparison.json", render_losses, LOSS_START, LOSS_END),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -369,18 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     if old is None:
         raise SystemExit(f"error: {args.readme} not found")
     new = splice(old, section, args.readme)
-    fer = _load(args.reports / "fer2013.json", False, read)
-    if fer is not None:
-        new = splice(new, render_fer2013(fer), args.readme, FER_START, FER_END)
-    path_report = _load(args.reports / "fer2013_service_path.json", False, read)
-    if path_report is not None:
-        new = splice(new, render_service_path(path_report), args.readme, PATH_START, PATH_END)
-    detectors = _load(args.reports / "faces/detector_comparison.json", False, read)
-    if detectors is not None:
-        new = splice(new, render_detectors(detectors), args.readme, DETECT_START, DETECT_END)
-    losses = _load(args.reports / "loss_comparison.json", False, read)
-    if losses is not None:
-        new = splice(new, render_losses(losses), args.readme, LOSS_START, LOSS_END)
+    for rel, render_part, start, end in OPTIONAL_SECTIONS:
+        report = _load(args.reports / rel, False, read)
+        if report is not None:
+            new = splice(new, render_part(report), args.readme, start, end)
     if args.check:
         if new != old:
             print(f"{args.readme} metrics section is out of date with reports/ (as committed); "
