@@ -143,3 +143,18 @@ def test_service_path_sentence_names_the_chosen_and_the_configured_margin(tool):
     assert "0.05 67.0%, 0.15 64.0%; chosen: **0.05**" in text
     assert "PrivateTest at 0.05: **66.75%**, vs 68.00%" in text
     assert "`serve.face_margin` is 0.15: 63.73% on PrivateTest." in text
+
+
+def test_serve_load_table_shows_every_run_when_repeated(tool):
+    def scenario(p50s):
+        runs = [{"p50": p, "p90": p + 1, "p99": p + 2, "requests_per_s": 10.0, "errors": 0}
+                for p in p50s]
+        return {"requests_per_s": 10.0, "errors": 0, "runs": runs,
+                "latency_ms": {"p50": sorted(p50s)[1], "p90": 0.0, "p99": 0.0}}
+
+    report = {"tool": "locust 2", "cpu": {"description": "Some CPU, 2 cores"},
+              "model": {"what": "m"}, "ceiling": {"threads": 1, "batch_1_img_s": 100.0},
+              "scenarios": {"single_faces": scenario([22.4, 25.1, 24.0])}}
+    text = "\n".join(tool._serve_load(report))
+    assert "medians of 3 runs per scenario" in text
+    assert "| 24.0 | 0.0 | 0.0 | 0 | 22.4, 25.1, 24.0 |" in text

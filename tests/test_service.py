@@ -450,7 +450,7 @@ def test_serve_load_benchmark_cli(server, tmp_path, int8_model, server_params):
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "serve_load.py"), "--url", server.url,
          "--model", str(int8_model), "--params", str(tmp_path / "params.yaml"),
-         "--scenarios", "clients_50", "mixed", "--no-stream", "--duration", "3",
+         "--scenarios", "clients_50", "mixed", "--no-stream", "--duration", "3", "--repeats", "2",
          "--warmup", "0.5", "--ceiling-seconds", "0.5", "--out", str(out), "--fail-on-errors"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -464,6 +464,11 @@ def test_serve_load_benchmark_cli(server, tmp_path, int8_model, server_params):
         lat = scenario["latency_ms"]
         assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
     assert load["status_counts"] == {"200": load["requests"]}
+    # two runs each: medians reported, counts summed, both runs kept
+    assert [len(s["runs"]) for s in (load, mixed)] == [2, 2]
+    assert min(r["p50"] for r in load["runs"]) <= load["latency_ms"]["p50"] \
+        <= max(r["p50"] for r in load["runs"])
+    assert sum(r["errors"] for r in mixed["runs"]) == mixed["errors"] == 0
     assert mixed["bad_uploads"] > 0 and set(mixed["status_counts"]) >= {"200", "400"}
     assert report["ceiling"]["batch_1_img_s"] > 0 and report["clients_50_vs_ceiling"] > 0
     assert report["cpu"]["logical_cores"] >= 1 and report["cpu"]["description"]
