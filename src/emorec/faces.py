@@ -93,7 +93,7 @@ class FaceSettings:
             multi_face=s.choice("multi_face", MULTI_FACE_POLICIES),
             max_faces=s.integer("max_faces", low=1),
             # a params file from before faces.mtcnn gets MTCNN as published, on one thread
-            scale_factor=s.number("mtcnn.scale_factor", low=0.3, high=0.9,
+            scale_factor=s.number("mtcnn.scale_factor", low=0.5, high=0.9,
                                   default=cls.scale_factor),
             threads=s.integer("mtcnn.threads", low=1, default=cls.threads),
         )
@@ -334,9 +334,10 @@ class MtcnnDetector(FaceDetector):
         """``(scale, image)`` for every pyramid level, largest first.
 
         The first level is an area-average of the photo; each next one is a bilinear resize of
-        the level before (a 0.709 step does not alias). That is ~30x cheaper than area-resizing
-        the full photo for every level (8 ms -> 0.25 ms on a 640x480 photo), and differs from it
-        by about one grey level per step.
+        the level before (a step of 0.5 or more hardly aliases, hence the lower bound on
+        ``faces.mtcnn.scale_factor``). That is ~30x cheaper than area-resizing the full photo
+        for every level (8 ms -> 0.25 ms on a 640x480 photo), and differs from it by about one
+        grey level per step.
         """
         height, width = rgb.shape[:2]
         level = rgb
