@@ -93,6 +93,16 @@ def find_faces(image: Image.Image, mode: str, settings: FaceSettings,
     return FoundFaces(faces, [preprocess(crop) for crop in crops])
 
 
+def face_answer(face: Face, probabilities: np.ndarray, classes: Sequence[str],
+                min_confidence: float | None, **extra: Any) -> dict[str, Any]:
+    """One face's part of an answer: where it is, how sure the detector was, its emotion;
+    ``extra`` fields (the stream's ``track_id``) go before the emotion."""
+    detection = face.to_json()
+    return {"box": detection["box"], "landmarks": detection["landmarks"],
+            "detection_score": detection["score"], **extra,
+            **describe_row(probabilities, classes, min_confidence)}
+
+
 def answer(found: FoundFaces, probabilities: np.ndarray, classes: Sequence[str],
            min_confidence: float | None = None) -> dict[str, Any]:
     """The JSON answer for one upload: ``{"faces": [...]}``, or ``{"faces": [], "message":
@@ -101,12 +111,8 @@ def answer(found: FoundFaces, probabilities: np.ndarray, classes: Sequence[str],
     A face whose top probability is below ``min_confidence`` is labelled ``uncertain``."""
     if not found.faces:
         return {"faces": [], "message": NO_FACE}
-    faces = []
-    for face, probs in zip(found.faces, probabilities, strict=True):
-        detection = face.to_json()
-        faces.append({"box": detection["box"], "landmarks": detection["landmarks"],
-                      "detection_score": detection["score"],
-                      **describe_row(probs, classes, min_confidence)})
+    faces = [face_answer(face, probs, classes, min_confidence)
+             for face, probs in zip(found.faces, probabilities, strict=True)]
     largest = faces[0]
     return {"faces": faces, "label": largest["label"], "confidence": largest["confidence"],
             "probabilities": largest["probabilities"], "face_box": largest["box"]}
@@ -369,12 +375,8 @@ def stream_answer(index: int, found: FoundFaces, probabilities: np.ndarray,
     """The message for frame ``index``: like :func:`answer` per face plus its ``track_id``; the
     label, confidence and probabilities are the track's smoothed ones."""
     tracked = tracker.update([f.box for f in found.faces], probabilities)
-    faces = []
-    for face, (track_id, probs) in zip(found.faces, tracked, strict=True):
-        detection = face.to_json()
-        faces.append({"box": detection["box"], "landmarks": detection["landmarks"],
-                      "detection_score": detection["score"], "track_id": track_id,
-                      **describe_row(probs, classes, min_confidence)})
+    faces = [face_answer(face, probs, classes, min_confidence, track_id=track_id)
+             for face, (track_id, probs) in zip(found.faces, tracked, strict=True)]
     message: dict[str, Any] = {"frame": index, "faces": faces}
     if not faces:
         message["message"] = NO_FACE
