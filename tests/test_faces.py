@@ -27,7 +27,6 @@ from emorec.faces import (
     Face,
     FaceSettings,
     _nms,
-    _overlaps,
     _pnet_bands,
     align_crop,
     detect_faces,
@@ -262,12 +261,19 @@ def test_benchmark_cli_writes_the_comparison(tmp_path):
 
 
 def _textbook_nms(boxes: np.ndarray, threshold: float, union: bool) -> list[int]:
-    """Greedy NMS as MTCNN's reference code writes it: best box, drop its overlaps, repeat."""
+    """Greedy NMS as MTCNN's reference code writes it: best box, drop its overlaps, repeat
+    (its own overlap arithmetic, so a slip in ``_overlaps`` shows too)."""
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    area = (x2 - x1 + 1) * (y2 - y1 + 1)
     order, keep = np.argsort(boxes[:, 4])[::-1], []
     while order.size:
         best, order = order[0], order[1:]
         keep.append(int(best))
-        order = order[_overlaps(boxes[[best], :4], boxes[order, :4], union)[0] <= threshold]
+        w = np.maximum(0.0, np.minimum(x2[best], x2[order]) - np.maximum(x1[best], x1[order]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[best], y2[order]) - np.maximum(y1[best], y1[order]) + 1)
+        inter = w * h
+        denom = area[best] + area[order] - inter if union else np.minimum(area[best], area[order])
+        order = order[inter / denom <= threshold]
     return keep
 
 
