@@ -5,9 +5,10 @@ which arms ``loop.call_later(timeout, ...)`` per request and never cancels it. E
 its request's future and ``contextvars`` context (with the request's OpenTelemetry span) alive
 for the whole ``traffic.timeout``: at 700 requests/s and a 30 s timeout that is ~200,000 extra
 objects per worker, and every full garbage collection walked them, pausing the event loop for
-~190 ms a few times a second (``benchmarks/serve_load.py``: 50-client p99 150 -> 290 ms within a
-minute of load). :class:`RequestTimeout` has the same contract, 504 when no answer has started
-within the timeout, with the timer gone as soon as the answer starts.
+~190 ms a few times a second (seen once while diagnosing, 2 AMD EPYC cores, with
+``benchmarks/serve_load.py``: 50-client p99 150 -> 290 ms within a minute of load).
+:class:`RequestTimeout` has the same contract, 504 when no answer has started within the
+timeout, with the timer gone as soon as the answer starts.
 :func:`install_in_bentoml` puts it in the place BentoML builds its middleware from.
 """
 
