@@ -53,11 +53,11 @@ from emorec.config import Params
 from emorec.errors import EmorecError
 from emorec.hardware import cpu_info, describe
 from emorec.inference import OnnxClassifier
+from emorec.served_model import choose_model
 from emorec.serving import BentoServer
 
 HERE = Path(__file__).resolve().parent
 LOCUSTFILE = HERE / "serve_locustfile.py"
-MODEL_FILES = {"int8": "models/model.int8.onnx", "fp32": "models/model.onnx"}
 # What issue #14 asks for (2 cores, INT8, one 64 px face).
 TARGETS = {"single_cropped_p50_ms": 10.0, "single_faces_p50_ms": 25.0,
            "clients_50_min_ratio": 0.5, "clients_50_p99_ms": 150.0, "stream_min_fps": 25.0}
@@ -79,15 +79,18 @@ class BenchError(EmorecError):
 
 
 def bench_model(params: Params, requested: Path | None, work: Path) -> tuple[Path, str]:
-    """The model to serve and a sentence saying what it is."""
+    """The model to serve (the one ``serve.model`` picks, as the service does) and a sentence
+    saying what it is."""
     if requested:
         return requested.resolve(), f"{requested} (given)"
-    pipeline = Path(MODEL_FILES[params.choice("serve.model", MODEL_FILES)])
-    if pipeline.is_file():  # a copy: a pipeline run may rewrite it during the benchmark
-        copy = work / pipeline.name
-        shutil.copy2(pipeline, copy)
+    chosen = choose_model(params, Path.cwd())
+    if chosen.path.is_file():  # a copy: a pipeline run may rewrite it during the benchmark
+        copy = work / chosen.path.name
+        shutil.copy2(chosen.path, copy)
         digest = hashlib.sha256(copy.read_bytes()).hexdigest()[:12]
-        return copy, f"{pipeline} (the pipeline's model, sha256 {digest}...)"
+        return copy, f"{chosen.path.relative_to(Path.cwd())} ({chosen.setting}, sha256 {digest}...)"
+    if chosen.kind == "shipped":
+        raise BenchError(f"shipped model not found: {chosen.path} (serve.shipped_model)")
     # built once per architecture and export/quantize settings, then reused
     key = hashlib.sha256(json.dumps([params.get(k) for k in ("train.model", "image", "classes",
                                                              "export", "quantize")],

@@ -25,8 +25,11 @@ Run from the repository root::
     bentoml serve bento.service:EmotionClassifier --port 3000
 
 Configuration comes from ``params.yaml`` (``serve`` and ``faces`` sections; classes and
-preprocessing come from the model file's metadata). ``EMOREC_MODEL`` overrides the model file,
-``EMOREC_PARAMS`` the parameter file.
+preprocessing come from the model file's metadata). With no environment the service serves the
+real-face model shipped in ``serve.shipped_model`` (``serve.model: shipped``); ``serve.model:
+pipeline`` (or ``fp32``) serves this pipeline's own model (:mod:`emorec.served_model`).
+``EMOREC_MODEL`` overrides the model file, ``EMOREC_PARAMS`` the parameter file. ``/health`` says
+which model answers and where it came from.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from emorec.faces import FaceSettings  # noqa: E402
 from emorec.imageio import open_image  # noqa: E402
 from emorec.inference import OnnxClassifier, resolve_min_confidence  # noqa: E402
 from emorec.request_timeout import install_in_bentoml  # noqa: E402
+from emorec.served_model import ModelChoice, choose_model, model_provenance  # noqa: E402
 from emorec.serving import (  # noqa: E402
     FaceTracker,
     FoundFaces,
@@ -83,14 +87,13 @@ from emorec.serving import (  # noqa: E402
 )
 
 log = logging.getLogger("emorec.service")
-MODEL_FILES = {"int8": "models/model.int8.onnx", "fp32": "models/model.onnx"}
 
 
 @dataclass(frozen=True)
 class ServeSettings:
     """The ``serve`` section of params.yaml plus the environment overrides."""
 
-    model_path: Path
+    model: ModelChoice  # the file and why it is the one (serve.model / EMOREC_MODEL)
     max_image_bytes: int
     max_image_side: int
     max_batch_size: int
@@ -108,11 +111,9 @@ class ServeSettings:
     @classmethod
     def from_params(cls, params: Params, env: dict[str, str]) -> ServeSettings:
         s = params.section("serve")
-        choice = s.choice("model", MODEL_FILES)
         resolve_min_confidence(s.get("min_confidence", "auto"), None)  # a bad value stops here
-        model = Path(env.get("EMOREC_MODEL") or ROOT / MODEL_FILES[choice])
         return cls(
-            model_path=model,
+            model=choose_model(params, ROOT, env),
             max_image_bytes=s.integer("max_image_bytes", low=1),
             max_image_side=s.integer("max_image_side", low=16),
             max_batch_size=s.integer("max_batch_size", low=1),
@@ -136,7 +137,11 @@ SETTINGS = ServeSettings.from_params(
     load_params(os.environ.get("EMOREC_PARAMS") or ROOT / "params.yaml"), dict(os.environ))
 
 # One model and one batcher per worker process (BentoML imports this module in each).
-MODEL = OnnxClassifier(SETTINGS.model_path, threads=SETTINGS.threads)
+MODEL = OnnxClassifier(SETTINGS.model.path, threads=SETTINGS.threads)
+# Which model answers and where it came from (kind, file, sha256, card name), for /health.
+PROVENANCE = model_provenance(SETTINGS.model, MODEL.classes)
+log.info("serving %s (%s, sha256 %s)", SETTINGS.model.path, SETTINGS.model.setting,
+         PROVENANCE["sha256"][:12])
 # Below this calibrated top-1 probability a face is answered "uncertain" (0: never; auto: the
 # threshold the evaluate stage found to answer 90 % of val, stored in the model's metadata).
 MIN_CONFIDENCE = resolve_min_confidence(SETTINGS.min_confidence,
@@ -280,7 +285,7 @@ def _elapsed_ms(since: float) -> float:
 
 
 async def _health(_: Request) -> JSONResponse:
-    return JSONResponse({"status": "ok", **MODEL.info()})
+    return JSONResponse({"status": "ok", "model": PROVENANCE, **MODEL.info()})
 
 
 async def stream(ws: WebSocket) -> None:
@@ -582,7 +587,7 @@ class EmotionClassifier:
     @bentoml.api
     async def info(self) -> dict[str, Any]:
         """Model file, classes, preprocessing, limits: what this server is serving."""
-        return {"status": "ok", **MODEL.info(),
+        return {"status": "ok", "model": PROVENANCE, **MODEL.info(),
                 "limits": {"max_image_bytes": SETTINGS.max_image_bytes,
                            "max_image_side": SETTINGS.max_image_side,
                            "max_images_per_request": SETTINGS.max_images_per_request,

@@ -12,6 +12,7 @@ uploads must never get an emotion. The random ``face_like`` images are sent in m
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -335,8 +336,11 @@ def test_health_and_info(server, int8_model):
         assert requests.get(f"{server.url}/{probe}", timeout=5).status_code == 200
     health = requests.get(f"{server.url}/health", timeout=5)
     assert health.status_code == 200 and health.json()["status"] == "ok"
+    model = health.json()["model"]  # which model answers, and why this one
+    assert model["kind"] == "env" and model["setting"] == f"EMOREC_MODEL={int8_model}"
+    assert model["sha256"] == hashlib.sha256(int8_model.read_bytes()).hexdigest()
     info = requests.post(f"{server.url}/info", json={}, timeout=5).json()
-    assert info["model_path"] == str(int8_model)
+    assert info["model_path"] == str(int8_model) and info["model"] == model
     assert info["classes"] == ["angry", "fearful", "happy", "neutral", "sad", "surprised"]
     assert info["image"]["size"] == 32
     assert json.loads(info["metadata"]["emorec.quantization"])["format"] == "QDQ"
@@ -367,8 +371,9 @@ def test_bentoml_build_produces_a_servable_bento(tmp_path, int8_model):
         else:
             (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, ctx / rel)
-    (ctx / "models").mkdir()
-    shutil.copy2(int8_model, ctx / "models" / "model.int8.onnx")
+    real = REPO / yaml.safe_load((REPO / "params.yaml").read_text())["serve"]["shipped_model"]
+    shutil.copytree(real, ctx / real.relative_to(REPO))  # the default model (real faces)
+    shutil.copy2(int8_model, ctx / "models" / "model.int8.onnx")  # the pipeline's, one param away
     home = tmp_path / "bentoml_home"
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("EMOREC_MODEL", None)
@@ -384,6 +389,9 @@ def test_bentoml_build_produces_a_servable_bento(tmp_path, int8_model):
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
     assert {s["name"] for s in manifest["services"]} == {"emotion_classifier"}  # model in-process
     assert (bento / "src" / "models" / "model.int8.onnx").is_file()
+    in_bento = bento / "src" / real.relative_to(REPO)
+    assert {p.name for p in in_bento.iterdir()} >= {"model.int8.onnx", "label_map.json",
+                                                    "README.md"}
     assert not (bento / "src" / "src" / "emorec" / "models.py").exists()  # no torch code
     # every emorec module the service needs, directly or not, travels in the bento (here the
     # installed package would hide a missing one; in a container nothing does)
@@ -398,6 +406,10 @@ def test_bentoml_build_produces_a_servable_bento(tmp_path, int8_model):
         assert resp.status_code == 200, resp.text
         info = requests.post(f"{srv.url}/info", json={}, timeout=5).json()
         assert Path(info["model_path"]).is_relative_to(bento)
+        # with no environment the bento serves the shipped real-face model
+        assert info["model"]["kind"] == "shipped"
+        assert Path(info["model"]["path"]) == in_bento / "model.int8.onnx"
+        assert info["classes"] == list(json.loads((real / "label_map.json").read_text()))
 
 
 def test_good_and_malformed_uploads_at_once_each_get_their_own_answer(server, reference):
@@ -498,3 +510,55 @@ def test_below_min_confidence_the_answer_is_uncertain(server, strict_server, ref
     assert unsure["label"] == "uncertain" and body["label"] == "uncertain"
     assert unsure["predicted"] == sure["label"] and unsure["min_confidence"] == 0.99
     assert unsure["probabilities"] == pytest.approx(sure["probabilities"], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The defaults a new user gets: no EMOREC_MODEL, no EMOREC_PARAMS, the repository's params.yaml.
+
+
+@pytest.fixture(scope="module")
+def default_server(tmp_path_factory):
+    """``bentoml serve`` exactly as the README says, with nothing in the environment."""
+    tmp = tmp_path_factory.mktemp("svc_default")
+    srv = BentoServer(log_path=tmp / "serve.log", env={"BENTOML_HOME": str(tmp / "home")})
+    for name in ("EMOREC_MODEL", "EMOREC_PARAMS"):
+        srv.env.pop(name, None)
+    with srv:
+        yield srv
+
+
+def test_with_no_env_the_shipped_real_face_model_answers_each_face(default_server):
+    """The README's promise: clone, (make repro,) serve, and a photo of people is answered per
+    face by the real-face model in ``serve.shipped_model``, not by the demo pipeline's model."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["serve"]["model"] == "shipped"
+    folder = REPO / params["serve"]["shipped_model"]
+    model_file = folder / "model.int8.onnx"
+    classes = list(json.loads((folder / "label_map.json").read_text()))
+    assert len(classes) == 7  # FER2013's classes, disgust included (the demo model has 6)
+    card = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+
+    health = requests.get(f"{default_server.url}/health", timeout=5).json()
+    model = health["model"]
+    assert model["kind"] == "shipped" and Path(model["path"]) == model_file
+    assert model["sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert model["card_name"] == card["model-index"][0]["name"] == "emorec-resnet18"
+    assert model["classes"] == health["classes"] == classes
+
+    reference = OnnxClassifier(model_file)
+    settings = FaceSettings.from_params(Params(params))
+    rgb, boxes = BENCH.tile_row([(PHOTOS[n], (TRUTH[n],)) for n in ("astronaut", "grace_hopper")])
+    data = jpeg(rgb)
+    resp = post(default_server, "classify", files={"image": ("group.jpg", data, "image/jpeg")})
+    assert resp.status_code == 200, resp.text
+    faces = resp.json()["faces"]
+    assert len(faces) == 2
+    for truth in boxes:  # every real face is answered once
+        assert sum(BENCH.iou(tuple(f["box"]), truth) > 0.5 for f in faces) == 1
+    _, want = expected_faces(reference, data, settings)
+    for face, row in zip(faces, want, strict=True):
+        assert set(face["probabilities"]) == set(classes)
+        np.testing.assert_allclose(probabilities(face, classes), row, atol=1e-5)
+    # what the real model sees: Eileen Collins smiles in the astronaut portrait
+    astronaut = next(f for f in faces if BENCH.iou(tuple(f["box"]), boxes[0]) > 0.5)
+    assert astronaut["predicted"] == "happy" and astronaut["confidence"] > 0.8

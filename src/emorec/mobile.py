@@ -1,11 +1,16 @@
 """Assets for the on-device web client in ``mobile/``: the INT8 model and what it needs to be used.
 
+The app bundles the model the service serves (``serve.model``, :mod:`emorec.served_model`): by
+default the shipped real-face model, so a phone and the server answer a face alike.
+
 The browser app reads ``config.json`` (input name, classes, preprocessing, crop settings, the
 softmax temperature from the model's metadata) and ``label_map.json`` next to the model, so the
 client never hard-codes anything the pipeline decides and shows the same calibrated
 probabilities as the service. Before copying, the model's own metadata (written by the export
 stage) is checked against the label map and params.yaml: a stale model paired with a new label
-map would otherwise give confidently wrong labels on every phone.
+map would otherwise give confidently wrong labels on every phone. The pipeline's model is
+also checked against params.yaml (``classes``, ``image``); a shipped model was trained by another
+run with its own classes and preprocessing, so it is checked against its own label map only.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from emorec.labels import read_label_map
 from emorec.transforms import Preprocess
 
 CROP_MODES = ("auto", "center", "none")
-MODEL_FILE = "model.int8.onnx"
 CONFIG_FILE = "config.json"
 LABEL_MAP_FILE = "label_map.json"
 
@@ -57,15 +61,18 @@ def sha256(path: Path) -> str:
 
 
 def check_consistency(model: OnnxClassifier, label_map_classes: list[str],
-                      settings: MobileSettings) -> None:
-    """Raise :class:`MobileAssetsError` naming the first disagreement."""
+                      settings: MobileSettings, check_params: bool = True) -> None:
+    """Raise :class:`MobileAssetsError` naming the first disagreement.
+
+    ``check_params``: also hold the model to params.yaml's classes and preprocessing (the
+    pipeline's own model; a shipped model carries its own in its metadata)."""
     if model.classes != label_map_classes:
         raise MobileAssetsError(f"{model.path} was exported for classes {model.classes}, but the "
                                 f"label map lists {label_map_classes}; re-run export/quantize")
-    if model.classes != settings.classes:
+    if check_params and model.classes != settings.classes:
         raise MobileAssetsError(f"{model.path} was exported for classes {model.classes}, but "
                                 f"params.yaml 'classes' is {settings.classes}")
-    if model.preprocess != settings.preprocess:
+    if check_params and model.preprocess != settings.preprocess:
         raise MobileAssetsError(f"{model.path} expects preprocessing {model.preprocess}, but "
                                 f"params.yaml 'image' gives {settings.preprocess}")
     shape = model.session.get_inputs()[0].shape
@@ -78,7 +85,7 @@ def client_config(model: OnnxClassifier, settings: MobileSettings) -> dict[str, 
     """The JSON the web app reads (``mobile/src/app.js``: ``loadConfig``)."""
     pre = model.preprocess
     return {
-        "model": MODEL_FILE,
+        "model": model.path.name,
         "label_map": LABEL_MAP_FILE,
         "input_name": model.input_name,
         "output_name": model.output_name,
@@ -91,31 +98,36 @@ def client_config(model: OnnxClassifier, settings: MobileSettings) -> dict[str, 
 
 
 def write_mobile_assets(model_path: Path, label_map: Path, out_dir: Path,
-                        settings: MobileSettings) -> dict[str, Any]:
+                        settings: MobileSettings, check_params: bool = True,
+                        source: str | None = None) -> dict[str, Any]:
     """Check, then copy the model and label map and write ``config.json`` into ``out_dir``.
 
     ``out_dir`` is replaced as a whole (it is a DVC output), so no file of an older model can be
-    left behind. Returns the stage report.
+    left behind. ``check_params`` as in :func:`check_consistency`; ``source`` says how the
+    model was chosen (e.g. ``serve.model: shipped``), for the report. Returns the stage report.
     """
     if not label_map.is_file():
-        raise MobileAssetsError(f"label map not found: {label_map} (run `dvc repro split`)")
+        raise MobileAssetsError(f"label map not found: {label_map} (the pipeline's: run `dvc "
+                                "repro split`; a shipped model's: next to its model file)")
     model = OnnxClassifier(model_path, threads=1, execution_providers=["CPUExecutionProvider"])
-    check_consistency(model, read_label_map(label_map), settings)
+    check_consistency(model, read_label_map(label_map), settings, check_params)
     config = client_config(model, settings)
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    shutil.copyfile(model_path, out_dir / MODEL_FILE)
+    shutil.copyfile(model_path, out_dir / model_path.name)
     shutil.copyfile(label_map, out_dir / LABEL_MAP_FILE)
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
     files = sorted(p for p in out_dir.iterdir() if p.is_file())
     return {
         "source_model": str(model_path),
+        "chosen_by": source or "given",
+        "source_sha256": sha256(model_path),
         "out_dir": str(out_dir),
         "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files},
-        "model_bytes": (out_dir / MODEL_FILE).stat().st_size,
+        "model_bytes": (out_dir / model_path.name).stat().st_size,
         "total_bytes": sum(p.stat().st_size for p in files),
         "config": config,
         "metadata": model.info()["metadata"],
