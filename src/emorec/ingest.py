@@ -32,7 +32,8 @@ import io
 import json
 import shutil
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +45,18 @@ from tqdm import tqdm
 from emorec.config import Params
 from emorec.errors import DataError, ImageError
 from emorec.faces import FaceSettings, align_crop, select_faces, thread_detector, to_rgb
+from emorec.ferplus import REASONS as FERPLUS_REASONS
 from emorec.imageio import REJECT_REASONS, open_image
 from emorec.labels import FER2013_CODES, LEGACY_8_TO_6
 from emorec.readers import EXTENSIONS, SOURCES, Candidate, candidates, fer_map
+from emorec.sources import SourceSpec, cross_source_duplicates, merged_candidates, read_sources
 from emorec.splits import read_labelled_csv
 
 #: Why a candidate can be rejected: the decoding reasons of :func:`open_image` plus ingest's own.
 #: FER2013 CSV rows add their own: wrong pixel count, non-numeric cells, values outside 0-255.
 REASONS = (*REJECT_REASONS, "bad_pixel_count", "non_numeric", "out_of_range", "near_blank",
            "no_face", "multiple_faces", "unreadable", "unsupported_extension", "unknown_label",
-           "duplicate")
+           "duplicate", "near_duplicate", *FERPLUS_REASONS)
 MANIFEST_COLUMNS = ["id", "path", "label", "source", "sha256", "width", "height", "mode", "usage"]
 
 
@@ -130,10 +133,15 @@ def run_ingest(params: Params, out_dir: Path, report_path: Path) -> dict[str, An
     Raises :class:`DataError` when a class ends up with no accepted image: training on five of
     six classes would silently produce a model that can never predict the sixth.
     """
-    source = params.choice("data.source", SOURCES)
+    source = params.choice("data.source", (*SOURCES, "sources"))
     classes = params.classes
     rules = IngestRules.from_params(params)
-    offers = candidates(params)
+    if source == "sources":
+        specs = read_sources(params)
+        rules_of = {s.name: rules.with_face_crop(s.face_crop, params) for s in specs}
+        offers: Iterable[Candidate] = merged_candidates(specs, classes)
+    else:
+        specs, rules_of, offers = [], {}, candidates(params)
 
     images_dir = out_dir / "images"
     if images_dir.exists():
@@ -144,15 +152,20 @@ def run_ingest(params: Params, out_dir: Path, report_path: Path) -> dict[str, An
     rows: list[dict[str, Any]] = []
     rejected: list[Rejection] = []
     seen: dict[str, str] = {}
-    offered = 0
+    tally = SourceTally()
     for cand in tqdm(offers, desc=f"ingest {source}", unit="img", mininterval=2):
-        offered += 1
-        rejected.extend(_accept(cand, rules, images_dir, seen, rows))
+        found = _accept(cand, rules_of.get(cand.source, rules), images_dir, seen, rows, tally)
+        tally.offer(cand.source, found)
+        rejected.extend(found)
+    if specs:
+        rejected.extend(_drop_near_copies(params, rows, tally))
 
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest = pd.DataFrame(rows, columns=_columns(rows))
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest.to_csv(out_dir / "manifest.csv", index=False)
-    report = _report(params, source, offered, manifest, rejected)
+    report = _report(params, source, tally.offered_total, manifest, rejected)
+    if specs:
+        report["sources"] = tally.report(specs, manifest, classes)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
 
@@ -167,6 +180,71 @@ def run_ingest(params: Params, out_dir: Path, report_path: Path) -> dict[str, An
     return report
 
 
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Manifest columns; ``soft`` only when a source gave label distributions (FER+ votes)."""
+    return MANIFEST_COLUMNS + (["soft"] if any(r.get("soft") for r in rows) else [])
+
+
+class SourceTally:
+    """Per-source counts for the report of a multi-source run (offered, rejected by reason,
+    face crops that fell back to the dataset's own image)."""
+
+    def __init__(self) -> None:
+        self.offered: Counter[str] = Counter()
+        self.rejected: dict[str, Counter[str]] = {}
+        self.fallbacks: Counter[str] = Counter()
+
+    @property
+    def offered_total(self) -> int:
+        return sum(self.offered.values())
+
+    def offer(self, source: str, rejections: list[Rejection]) -> None:
+        self.offered[source] += 1
+        self.reject(source, rejections)
+
+    def reject(self, source: str, rejections: list[Rejection]) -> None:
+        self.rejected.setdefault(source, Counter()).update(r.reason for r in rejections)
+
+    def report(self, specs: list[SourceSpec], manifest: pd.DataFrame, classes: list[str]
+               ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for spec in specs:
+            mine = manifest[manifest["source"] == spec.name]
+            out[spec.name] = {
+                "reader": spec.reader, "path": str(spec.path), "split": spec.split,
+                "offered": int(self.offered[spec.name]), "accepted": len(mine),
+                "accepted_per_class": {c: int((mine["label"] == c).sum()) for c in classes},
+                "accepted_per_split": {u or "unsplit": int(n) for u, n in
+                                       sorted(Counter(mine["usage"].fillna("")).items())},
+                "rejected_by_reason": dict(sorted(self.rejected.get(spec.name, {}).items())),
+                "face_crop": spec.face_crop,
+                "face_fallbacks": int(self.fallbacks[spec.name]),
+            }
+        return out
+
+
+def _drop_near_copies(params: Params, rows: list[dict[str, Any]], tally: SourceTally
+                      ) -> list[Rejection]:
+    """Remove images that are near copies of an image of another source (test copy wins)."""
+    size = params.integer("ingest.cross_source.phash_size", low=2)
+    distance = params.integer("ingest.cross_source.distance", low=0, high=size * size)
+    images = [np.asarray(Image.open(r["path"]).convert("L")) for r in
+              tqdm(rows, desc="near copies", unit="img", mininterval=2)]
+    drops = cross_source_duplicates(images, [r["source"] for r in rows], size, distance)
+    gone = []
+    for j, i in drops:
+        row, kept = rows[j], rows[i]
+        Path(row["path"]).unlink()
+        found = Rejection(row["path"], row["label"], "near_duplicate",
+                          f"within {distance} pHash bits of {kept['path']} ({kept['source']}, "
+                          f"{kept['usage'] or 'unsplit'}), which is kept")
+        tally.reject(row["source"], [found])
+        gone.append(found)
+    dropped = {j for j, _ in drops}
+    rows[:] = [r for k, r in enumerate(rows) if k not in dropped]
+    return gone
+
+
 @dataclass(frozen=True)
 class IngestRules:
     """The ``ingest`` section of params.yaml, validated once before any file is read."""
@@ -176,6 +254,8 @@ class IngestRules:
     output_max_side: int
     min_std: float
     faces: FaceSettings | None  # crop and align faces (``ingest.face_crop``), or keep the image
+    #: no face found: keep the dataset's own image (``fallback``) instead of rejecting it
+    face_fallback: bool = False
 
     @classmethod
     def from_params(cls, params: Params) -> IngestRules:
@@ -187,9 +267,16 @@ class IngestRules:
                    faces=FaceSettings.from_params(params) if ingest.boolean("face_crop")
                    else None)
 
+    def with_face_crop(self, face_crop: str, params: Params) -> IngestRules:
+        """These rules with one source's ``face_crop`` (inherit | true | false | fallback)."""
+        if face_crop == "inherit":
+            return self
+        faces = FaceSettings.from_params(params) if face_crop != "false" else None
+        return replace(self, faces=faces, face_fallback=face_crop == "fallback")
+
 
 def _accept(cand: Candidate, rules: IngestRules, images_dir: Path, seen: dict[str, str],
-            rows: list[dict[str, Any]]) -> list[Rejection]:
+            rows: list[dict[str, Any]], tally: SourceTally) -> list[Rejection]:
     """Validate one candidate; append its manifest row(s), or return why it was rejected."""
     if cand.label is None:  # checked first: for a stray folder, the folder is the problem
         return [Rejection(cand.where, cand.raw_label, "unknown_label",
@@ -205,6 +292,9 @@ def _accept(cand: Candidate, rules: IngestRules, images_dir: Path, seen: dict[st
         upright = ImageOps.exif_transpose(original)
         crops = _face_crops(upright, rules.faces) if rules.faces else [("", upright)]
     except ImageError as err:
+        if err.reason == "no_face" and rules.face_fallback:
+            tally.fallbacks[cand.source] += 1
+            return _accept_whole(cand, upright, original, rules, images_dir, seen, rows)
         return [Rejection(cand.where, cand.raw_label, err.reason, str(err))]
     except Exception as err:  # noqa: BLE001 - e.g. malformed EXIF; one bad file must not stop ingest
         return [Rejection(cand.where, cand.raw_label, "corrupt",
@@ -212,6 +302,13 @@ def _accept(cand: Candidate, rules: IngestRules, images_dir: Path, seen: dict[st
     found = [_store(cand, suffix, crop, original, rules, images_dir, seen, rows)
              for suffix, crop in crops]
     return [r for r in found if r is not None]
+
+
+def _accept_whole(cand: Candidate, image: Image.Image, original: Image.Image,
+                  rules: IngestRules, images_dir: Path, seen: dict[str, str],
+                  rows: list[dict[str, Any]]) -> list[Rejection]:
+    found = _store(cand, "", image, original, rules, images_dir, seen, rows)
+    return [found] if found is not None else []
 
 
 def _face_crops(image: Image.Image, faces: FaceSettings) -> list[tuple[str, Image.Image]]:
@@ -251,7 +348,8 @@ def _store(cand: Candidate, suffix: str, image: Image.Image, original: Image.Ima
     path.write_bytes(data)
     rows.append({"id": image_id, "path": path.as_posix(), "label": cand.label,
                  "source": cand.source, "sha256": digest, "width": original.width,
-                 "height": original.height, "mode": original.mode, "usage": cand.usage})
+                 "height": original.height, "mode": original.mode, "usage": cand.usage,
+                 "soft": " ".join(f"{p:g}" for p in cand.soft) if cand.soft else ""})
     return None
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 from timm.data.random_erasing import RandomErasing
 from tqdm import tqdm
 
+from emorec.camera_augment import CameraAugment
 from emorec.config import Params
 from emorec.errors import DataError, ParamsError
 from emorec.transforms import Preprocess
@@ -81,8 +82,10 @@ class BatchAugment:
     model that dark frames mean something.
     """
 
-    def __init__(self, cfg: AugmentConfig, device: torch.device):
+    def __init__(self, cfg: AugmentConfig, device: torch.device,
+                 camera: CameraAugment | None = None):
         self.cfg = cfg
+        self.camera = camera  # other cameras' look (emorec.camera_augment), after the warp
         self.erase = (RandomErasing(probability=cfg.erasing, mode="pixel", device=str(device))
                       if cfg.erasing > 0 else None)
 
@@ -103,6 +106,8 @@ class BatchAugment:
         ], dim=1).to(x.device, x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if self.camera is not None:
+            x = self.camera(x, generator)
         if self.erase is not None:
             x = self.erase(x)  # timm draws its own numbers: seeded by the epoch's torch seed
         return x
@@ -120,11 +125,13 @@ class BatchIterator:
     def __init__(self, images: np.ndarray, targets: np.ndarray, preprocess: Preprocess,
                  batch_size: int, shuffle: bool, augment: BatchAugment | None = None,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 channels_last: bool = False):
+                 channels_last: bool = False, soft: np.ndarray | None = None):
         if len(images) == 0:
             raise DataError("no images to iterate over (empty split?)")
         self.images = torch.from_numpy(images)
         self.targets = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+        #: ``[N, C]`` label distributions served instead of ``targets`` (FER+ votes), or None
+        self.soft = torch.from_numpy(soft) if soft is not None else None
         self.mean, self.std = preprocess.mean, preprocess.std
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -155,4 +162,4 @@ class BatchIterator:
                 x = self.augment(x, self.generator)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.targets[idx]
+            yield x, self.targets[idx] if self.soft is None else self.soft[idx]

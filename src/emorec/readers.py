@@ -47,6 +47,8 @@ class Candidate:
     load: Callable[[], bytes | Image.Image]
     suffix: str | None = None
     usage: str = ""  # the dataset's own split name (FER2013 ``Usage``), empty when it has none
+    #: a label distribution over the classes (FER+ votes), in class order; None = ``label`` alone
+    soft: tuple[float, ...] | None = None
 
 
 

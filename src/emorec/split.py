@@ -56,7 +56,7 @@ from emorec.quality import (
     pack_hashes,
     perceptual_hash,
 )
-from emorec.splits import COLUMNS
+from emorec.splits import COLUMNS, split_columns
 
 SPLITS = ("train", "val", "test")
 SPLIT_STRATEGIES = ("auto", "stratified", "predefined")
@@ -83,7 +83,7 @@ def split_ratios(params: Params) -> dict[str, float]:
 def to_rows(manifest: pd.DataFrame) -> pd.DataFrame:
     """Manifest rows in the split CSV layout; an original is its own origin."""
     rows = manifest.rename(columns={"id": "origin"})
-    return rows[COLUMNS].reset_index(drop=True)
+    return rows[split_columns(rows)].reset_index(drop=True)
 
 
 def usage_column(manifest: pd.DataFrame) -> pd.Series | None:
@@ -95,21 +95,30 @@ def usage_column(manifest: pd.DataFrame) -> pd.Series | None:
 
 
 def split_strategy(params: Params, manifest: pd.DataFrame) -> str:
-    """The strategy in force: ``auto`` becomes ``predefined`` when every row has a usage."""
+    """The strategy in force. ``auto`` becomes ``predefined`` when every row has a usage,
+    ``mixed`` when only some do (several sources, some with a split of their own), else
+    ``stratified``."""
     strategy = params.choice("split.strategy", SPLIT_STRATEGIES)
     if strategy != "auto":
         return strategy
     usage = usage_column(manifest)
-    return "predefined" if usage is not None and (usage != "").all() else "stratified"
+    if usage is None or (usage == "").all():
+        return "stratified"
+    return "predefined" if (usage != "").all() else "mixed"
 
 
-def predefined_split(manifest: pd.DataFrame, rows: pd.DataFrame, mapping: dict[str, str]
-                     ) -> dict[str, pd.DataFrame]:
-    """The dataset's own split: each row goes where ``mapping[usage]`` says."""
+def predefined_split(manifest: pd.DataFrame, rows: pd.DataFrame, mapping: dict[str, str],
+                     require_all: bool = True) -> dict[str, pd.DataFrame]:
+    """The dataset's own split: each row goes where ``mapping[usage]`` says.
+
+    A usage that already is a split name (``train``, ``val``, ``test``: what multi-source ingest
+    writes) maps to itself.
+    """
     usage = usage_column(manifest)
     if usage is None:
         raise DataError("split.strategy is predefined but the manifest has no usage column "
                         "(this source has no split of its own; use stratified)")
+    mapping = {**{name: name for name in SPLITS}, **mapping}
     unmapped = Counter(u for u in usage if u not in mapping)
     if unmapped:
         raise DataError(f"split.predefined maps {sorted(mapping)}, but the manifest has rows with "
@@ -118,8 +127,29 @@ def predefined_split(manifest: pd.DataFrame, rows: pd.DataFrame, mapping: dict[s
     splits = {name: rows[target == name].sort_values("origin").reset_index(drop=True)
               for name in SPLITS}
     empty = [name for name, frame in splits.items() if frame.empty]
-    if empty:
+    if empty and require_all:
         raise DataError(f"predefined split leaves {empty} empty; split.predefined is {mapping}")
+    return splits
+
+
+def mixed_split(manifest: pd.DataFrame, rows: pd.DataFrame, mapping: dict[str, str],
+                ratios: dict[str, float], seed: int, pairs: np.ndarray
+                ) -> dict[str, pd.DataFrame]:
+    """Rows with a usage keep their split; the others get a stratified one, near-duplicate
+    groups kept together."""
+    has = (usage_column(manifest) != "").to_numpy()
+    fixed = predefined_split(manifest[has], rows[has], mapping, require_all=False)
+    free = rows[~has].reset_index(drop=True)
+    position = np.full(len(rows), -1)
+    position[~has] = np.arange(len(free))
+    inside = pairs[(~has[pairs[:, 0]]) & (~has[pairs[:, 1]])] if len(pairs) else pairs
+    groups = near_duplicate_groups(len(free), position[inside] if len(inside) else inside)
+    drawn = stratified_split(free, ratios, seed, groups)
+    splits = {name: pd.concat([fixed[name], drawn[name]]).sort_values("origin")
+              .reset_index(drop=True) for name in SPLITS}
+    empty = [name for name, frame in splits.items() if frame.empty]
+    if empty:
+        raise DataError(f"the split leaves {empty} empty")
     return splits
 
 
@@ -247,18 +277,22 @@ def make_splits(params: Params, manifest: pd.DataFrame) -> tuple[dict[str, pd.Da
     """Train/val/test by the strategy in force, and the near-duplicate report."""
     rows = to_rows(manifest)
     how = split_strategy(params, manifest)
-    ratios = split_ratios(params) if how == "stratified" else None  # checked before hashing
+    ratios = split_ratios(params) if how in ("stratified", "mixed") else None  # before hashing
     hash_size = params.integer("eda.phash_size", low=2)
     distance = params.integer("eda.near_duplicate_distance", low=0, high=hash_size * hash_size)
     pairs = near_duplicate_pairs(hash_rows(rows, hash_size), distance)
-    if how == "predefined":
+    if how in ("predefined", "mixed"):
         mapping = {str(k): v for k, v in params.mapping("split.predefined").items()}
         bad = {k: v for k, v in mapping.items() if v not in SPLITS}
         if bad:
             raise ParamsError("split.predefined", f"values must be one of {list(SPLITS)}, "
                                                   f"got {bad}")
+    if how == "predefined":
         splits = predefined_split(manifest, rows, mapping)
         info: dict[str, Any] = {"strategy": "predefined", "mapping": mapping}
+    elif how == "mixed":
+        splits = mixed_split(manifest, rows, mapping, ratios, params.integer("split.seed"), pairs)
+        info = {"strategy": "mixed", "mapping": mapping, "ratios": ratios}
     else:
         groups = near_duplicate_groups(len(rows), pairs)
         splits = stratified_split(rows, ratios, params.integer("split.seed"), groups)
@@ -299,7 +333,7 @@ def run_split(params: Params, manifest: Path, out_dir: Path, report_path: Path) 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, frame in splits.items():
-        frame[COLUMNS].to_csv(out_dir / f"{name}.csv", index=False)
+        frame[split_columns(frame)].to_csv(out_dir / f"{name}.csv", index=False)
     write_label_map(classes, out_dir / "label_map.json")
     (out_dir / "class_weights.json").write_text(json.dumps(weights, indent=2) + "\n")
 

@@ -4,7 +4,9 @@ Every split CSV has the columns in :data:`COLUMNS`: ``path`` (relative to the re
 ``label`` (class name), ``source`` (where the image came from: ``demo``, ``folder``, ``fer2013``,
 ``augmented`` or ``synthetic``), ``origin`` (the id of the original image an augmented copy was
 made from; equal to its own id for originals, so leakage checks can group by it) and ``sha256``.
-Synthetic rows also carry ``prompt``, ``seed`` and ``prompt_hash``.
+Synthetic rows also carry ``prompt``, ``seed`` and ``prompt_hash``. Rows of sources with label
+distributions (FER+ votes) carry ``soft``: space-separated probabilities in class order, empty
+for rows that have a label alone.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ import pandas as pd
 from emorec.errors import DataError
 
 COLUMNS = ["path", "label", "source", "origin", "sha256"]
+
+
+def split_columns(frame: pd.DataFrame) -> list[str]:
+    """:data:`COLUMNS`, plus ``soft`` when the frame has label distributions."""
+    return COLUMNS + (["soft"] if "soft" in frame.columns else [])
 
 
 def read_labelled_csv(path: str | Path, columns: list[str], classes: list[str],

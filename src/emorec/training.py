@@ -59,9 +59,10 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset, get_worker_
 from tqdm import tqdm
 
 from emorec.callbacks import EarlyStopping
+from emorec.camera_augment import CameraAugment, CameraConfig
 from emorec.cli import Interrupted
 from emorec.config import Params
-from emorec.data import FaceDataset
+from emorec.data import FaceDataset, soft_targets
 from emorec.errors import DataError, EmorecError, ParamsError
 from emorec.evaluation import predict_logits
 from emorec.labels import read_label_map
@@ -484,9 +485,17 @@ class Trainer:
     def soft_targets(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """MixUp/CutMix the batch (timm ``Mixup``, also label smoothing) or smooth one-hot targets.
 
-        timm mixes pairs within the batch, so an odd-sized batch is left unmixed.
+        timm mixes pairs within the batch, so an odd-sized batch is left unmixed. Distributions
+        (``y`` of shape ``[B, C]``, FER+ votes) are mixed with the images' own weight and get no
+        further smoothing.
         """
-        if self.mixup is not None and x.shape[0] % 2 == 0:
+        mix = self.mixup is not None and x.shape[0] % 2 == 0
+        if y.ndim == 2:
+            if not mix:
+                return x, y
+            lam = self.mixup._mix_batch(x)  # mixes x in place, as timm's __call__ does
+            return x, y * lam + y.flip(0) * (1.0 - lam)
+        if mix:
             return self.mixup(x, y)
         return x, mixup_target(y, self.num_classes, smoothing=self.cfg.label_smoothing)
 
@@ -542,7 +551,7 @@ class Trainer:
         total = len(batches) if hasattr(batches, "__len__") else None
         for x, y in tqdm(batch_iter, total=total, initial=run.batches, disable=not progress,
                          desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False):
-            run.add(*self.train_step(x, y), y)
+            run.add(*self.train_step(x, y), y if y.ndim == 1 else y.argmax(dim=1))
             if should_stop is not None and should_stop(run.batches):
                 run.elapsed += time.perf_counter() - start
                 run.rng = rng_state()
@@ -647,7 +656,8 @@ def _loaders(cfg: TrainConfig, params: Params, paths: TrainPaths, classes: list[
     train_frame = read_split(paths.train_csv, classes)
     val_frame = read_split(paths.val_csv, classes)
     train_ds = FaceDataset(train_frame, classes, pre, root=paths.root, augment=cfg.train_augment,
-                           seed=params.seed)
+                           seed=params.seed,
+                           soft=soft_targets(train_frame, classes, cfg.label_smoothing))
     val_ds = FaceDataset(val_frame, classes, pre, root=paths.root)
     check_images_exist(train_ds.paths, paths.train_csv)
     check_images_exist(val_ds.paths, paths.val_csv)
@@ -681,13 +691,15 @@ def _memory_loaders(cfg: TrainConfig, params: Params, train_ds: FaceDataset,
                     ) -> tuple[BatchIterator, BatchIterator]:
     """Both splits decoded once; train batches augmented as whole tensors."""
     pre = train_ds.preprocess
-    augment = (BatchAugment(AugmentConfig.from_params(params), torch.device("cpu"))
+    camera = CameraConfig.from_params(params)
+    augment = (BatchAugment(AugmentConfig.from_params(params), torch.device("cpu"),
+                            CameraAugment(camera) if camera.active else None)
                if cfg.train_augment else None)
     common = {"preprocess": pre, "batch_size": cfg.batch_size, "rank": env.rank,
               "world_size": env.world_size, "channels_last": cfg.channels_last}
     train = BatchIterator(load_split(train_ds.paths, pre, "decode train"), train_ds.targets,
                           shuffle=True, augment=augment, drop_last=True, seed=params.seed,
-                          **common)
+                          soft=train_ds.soft, **common)
     val = BatchIterator(load_split(val_ds.paths, pre, "decode val"), val_ds.targets,
                         shuffle=False, **common)
     return train, val
@@ -732,7 +744,7 @@ RESUMABLE_CHANGES = frozenset({"train.epochs"})
 #: stage script adds itself through ``TrainPaths.code``.
 CODE_MODULES = ("emorec.splits", "emorec.training", "emorec.callbacks", "emorec.evaluation",
                 "emorec.precision", "emorec.memory_data", "emorec.losses", "emorec.models",
-                "emorec.data", "emorec.transforms")
+                "emorec.data", "emorec.transforms", "emorec.camera_augment")
 #: Layout version of the state file; a state of another layout is not resumed.
 STATE_FORMAT = 2
 #: Under DDP the ranks agree on a stop request every this many steps (one all-reduce each).

@@ -1,0 +1,207 @@
+"""Several datasets in one run: ``data.source: sources`` reads every entry of ``data.sources``.
+
+No single dataset shows a model the faces users have: FER2013 is 48 px grayscale web crops,
+SFEW film frames, lab sets posed studio portraits. Each entry of ``data.sources`` names one
+dataset and says how to read it::
+
+    - name: sfew                 # unique; becomes the manifest's ``source`` and the id prefix
+      reader: folder             # folder | fer2013 | ferplus
+      path: data/raw/sfew
+      map: {Angry: angry, Disgust: disgust, Fear: fearful, ...}   # raw label -> class | null
+      split: predefined          # predefined: path/<usage>/<class>/..., else path/<class>/
+      usage: {Train: train, Val: val}   # predefined only: the dataset's split -> train|val|test
+      label_pattern: null        # folder only: regex whose group 1 in the file name is the label
+      face_crop: inherit         # inherit (ingest.face_crop) | true | false | fallback
+
+Raw labels the map leaves out, or maps to ``null``, are rejected as ``unknown_label`` and
+counted per source; without a ``map`` a folder source accepts folder names equal to a class.
+Predefined sources write their split into the manifest's ``usage`` column, stratified ones leave
+it empty and the split stage draws their split (:mod:`emorec.split`).
+
+Candidates of all sources are offered test first, then val, then train: when two sources hold
+the same face, the copy in a test split is the one that is kept (exact copies by pixels in the
+ingest loop, near copies by :func:`cross_source_duplicates` afterwards).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from emorec.config import Params, _Scoped
+from emorec.errors import ParamsError
+from emorec.ferplus import FOLDERS as FERPLUS_FOLDERS
+from emorec.ferplus import ferplus_candidates
+from emorec.labels import FER2013_CODES
+from emorec.quality import near_duplicate_pairs, pack_hashes, perceptual_hash
+from emorec.readers import Candidate, _fer_folder, _fer_rows, _slug
+
+READERS = ("folder", "fer2013", "ferplus")
+SPLIT_RULES = ("predefined", "stratified")
+FACE_CROP = ("inherit", "true", "false", "fallback")
+SPLIT_NAMES = ("train", "val", "test")
+#: Offer order: test copies first, so they win against copies elsewhere.
+_RANK = {"test": 0, "val": 1, "train": 2, "": 3}
+#: Default usage maps of readers whose datasets come with a split of their own.
+DEFAULT_USAGE = {
+    "fer2013": {"PrivateTest": "test", "PublicTest": "val", "Training": "train"},
+    "ferplus": {"FER2013Test": "test", "FER2013Valid": "val", "FER2013Train": "train"},
+}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One validated entry of ``data.sources``."""
+
+    name: str
+    reader: str
+    path: Path
+    map: dict[str, str | None] | None
+    split: str
+    usage: dict[str, str]
+    label_pattern: str | None
+    face_crop: str
+
+    @classmethod
+    def from_params(cls, entry: Params, classes: list[str]) -> SourceSpec:
+        name = entry.string("name")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise ParamsError(entry._name("name"), f"must be letters, digits, _ or -, got {name!r}")
+        reader = entry.choice("reader", READERS)
+        split = entry.choice("split", SPLIT_RULES, default="predefined"
+                             if reader in DEFAULT_USAGE else "stratified")
+        raw_map = entry.get("map", None)
+        if raw_map is None and reader != "folder":
+            raise ParamsError(entry._name("map"), f"is needed for reader {reader}")
+        mapping = None if raw_map is None else _label_map(entry, classes)
+        usage = {str(k): str(v) for k, v in
+                 (entry.get("usage", None) or DEFAULT_USAGE.get(reader, {})).items()}
+        bad = {k: v for k, v in usage.items() if v not in SPLIT_NAMES}
+        if bad:
+            raise ParamsError(entry._name("usage"), f"values must be one of {list(SPLIT_NAMES)}, "
+                                                    f"got {bad}")
+        if split == "predefined" and not usage:
+            raise ParamsError(entry._name("usage"), "is needed with split: predefined")
+        pattern = entry.get("label_pattern", None)
+        if pattern is not None:
+            try:
+                if re.compile(str(pattern)).groups < 1:
+                    raise ParamsError(entry._name("label_pattern"), "needs a group: (...)")
+            except re.error as err:
+                raise ParamsError(entry._name("label_pattern"), f"is no regex: {err}") from err
+        face_crop = str(entry.get("face_crop", "inherit")).lower()
+        if face_crop not in FACE_CROP:
+            raise ParamsError(entry._name("face_crop"), f"must be one of {list(FACE_CROP)}, "
+                                                        f"got {face_crop!r}")
+        return cls(name=name, reader=reader, path=entry.existing_path("path"), map=mapping,
+                   split=split, usage=usage, label_pattern=pattern, face_crop=face_crop)
+
+
+def _label_map(entry: Params, classes: list[str]) -> dict[str, str | None]:
+    mapping: dict[str, str | None] = {}
+    for raw, target in entry.mapping("map").items():
+        if target is not None and target not in classes:
+            raise ParamsError(f"{entry._name('map')}.{raw}",
+                              f"must be one of {classes} or null, got {target!r}")
+        mapping[str(raw)] = target
+    return mapping
+
+
+def read_sources(params: Params) -> list[SourceSpec]:
+    """Every ``data.sources`` entry, validated before any file is read; names must be unique."""
+    entries = params.sequence("data.sources")
+    if not entries:
+        raise ParamsError("data.sources", "lists no source (data.source is 'sources')")
+    specs = []
+    for k, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ParamsError(f"data.sources[{k}]", "must be a mapping (name, reader, path, ...)")
+        specs.append(SourceSpec.from_params(_Scoped(entry, f"data.sources[{k}]"),
+                                            params.classes))
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ParamsError("data.sources", f"names must be unique, {twice} appear twice")
+    return specs
+
+
+# -- reading --------------------------------------------------------------------------------------
+def spec_candidates(spec: SourceSpec, classes: list[str]) -> Iterator[Candidate]:
+    """The candidates of one source, named after it, with its split as ``usage``."""
+    if spec.reader == "folder":
+        raw = _folder(spec, classes)
+    elif spec.reader == "fer2013":
+        raw = _fer2013(spec)
+    else:
+        folders = {f: f for f in FERPLUS_FOLDERS if f in spec.usage}
+        raw = ferplus_candidates(spec.path, spec.map or {}, classes, folders)
+    for cand in raw:
+        usage = spec.usage.get(cand.usage, "") if spec.split == "predefined" else ""
+        if spec.split == "predefined" and not usage:
+            cand = replace(cand, label=None, raw_label=f"{cand.raw_label} (usage "
+                                                       f"{cand.usage or '<none>'} not in usage)")
+        yield replace(cand, id=f"{spec.name}-{cand.id}", source=spec.name, usage=usage)
+
+
+def _folder(spec: SourceSpec, classes: list[str]) -> Iterator[Candidate]:
+    """``path/[<usage>/]<class>/**`` or, with ``label_pattern``, labels from file names."""
+    root = spec.path
+    pattern = re.compile(spec.label_pattern) if spec.label_pattern else None
+    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
+        parts = path.relative_to(root).parts[:-1]
+        usage = parts[0] if spec.split == "predefined" and parts else ""
+        folders = parts[1:] if spec.split == "predefined" else parts
+        if pattern is not None:
+            match = pattern.search(path.name)
+            raw = match.group(1) if match else "<file name without label>"
+        else:
+            raw = folders[0] if folders else "<no class folder>"
+        label = spec.map.get(raw) if spec.map is not None else (raw if raw in classes else None)
+        rel = path.relative_to(root).as_posix()
+        digest = hashlib.sha1(rel.encode()).hexdigest()[:8]
+        yield Candidate(f"{_slug(path.stem)}-{digest}", "folder", str(path), label, raw,
+                        path.read_bytes, path.suffix.lower(), usage=usage)
+
+
+def _fer2013(spec: SourceSpec) -> Iterator[Candidate]:
+    codes = {name: code for code, name in FER2013_CODES.items()}
+    mapping: dict[int, str | None] = {}
+    for raw, target in (spec.map or {}).items():
+        code = codes.get(raw, raw)
+        try:
+            mapping[int(code)] = target
+        except ValueError as err:
+            raise ParamsError(f"data.sources {spec.name} map", f"keys are FER2013 codes 0-6 or "
+                                                              f"names, got {raw!r}") from err
+    if spec.path.is_dir():
+        return _fer_folder(spec.path, mapping)
+    import pandas as pd  # only a CSV source needs it
+    return _fer_rows(spec.path, pd.read_csv(spec.path, dtype={"pixels": str}), mapping)
+
+
+def merged_candidates(specs: list[SourceSpec], classes: list[str]) -> list[Candidate]:
+    """Every source's candidates, test splits first (stable within a split and source)."""
+    offers = [c for spec in specs for c in spec_candidates(spec, classes)]
+    return sorted(offers, key=lambda c: _RANK.get(c.usage, len(_RANK)))
+
+
+# -- cross-source near duplicates ------------------------------------------------------------------
+def cross_source_duplicates(images: list[np.ndarray], sources: list[str], hash_size: int,
+                            distance: int) -> list[tuple[int, int]]:
+    """(dropped, kept) index pairs: images within ``distance`` pHash bits of an earlier image
+    from another source. Earlier rows win, and rows are in test-first order, so a test copy stays.
+    """
+    if len(images) < 2:
+        return []
+    packed = pack_hashes([perceptual_hash(img, hash_size) for img in images])
+    pairs = near_duplicate_pairs(packed, distance)
+    dropped: dict[int, int] = {}
+    for i, j in sorted((min(a, b), max(a, b)) for a, b in pairs):
+        if sources[i] != sources[j] and j not in dropped:
+            dropped[j] = i
+    return sorted(dropped.items())
