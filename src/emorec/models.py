@@ -32,6 +32,8 @@ def pretrained_overlay(pretrained: str) -> dict[str, Any] | None:
     """timm ``pretrained_cfg_overlay`` for ``train.pretrained``; ``None`` means random init.
 
     A value naming an existing file is a local checkpoint; anything else is a Hugging Face hub id.
+    (``.safetensors`` files written by ``emorec.weights`` are loaded by :func:`create_model`
+    itself, not through timm.)
     """
     if pretrained in ("", "none", None):
         return None
@@ -44,10 +46,21 @@ def create_model(name: str, num_classes: int, pretrained: str = "none", **kwargs
     """A timm classifier with ``num_classes`` outputs on single-channel input.
 
     Weights from a local file or the hub are adapted by timm (stem summed to one channel,
-    classifier dropped when its size differs). Failures become one clear :class:`EmorecError`.
+    classifier dropped when its size differs). A ``.safetensors`` file (e.g. this project's
+    fp16 weights from ``python -m emorec.weights export``) is loaded here instead: timm would
+    drop a head of the right size too, since it compares with ImageNet's 1000 classes, so a
+    fine-tune on the same classes would lose its trained head. Failures become one clear
+    :class:`EmorecError`.
     """
     if name not in timm.list_models() and not timm.is_model(name):
         raise ParamsError("train.model", f"is not a timm model name: {name!r}")
+    if str(pretrained).endswith(".safetensors"):
+        from emorec.weights import load_safetensors_into
+
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes,
+                                  in_chans=IN_CHANS, **kwargs)
+        load_safetensors_into(model, Path(pretrained), name)
+        return model
     overlay = pretrained_overlay(pretrained)
     try:
         return timm.create_model(
