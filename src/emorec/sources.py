@@ -201,7 +201,7 @@ def cross_source_duplicates(images: list[np.ndarray], sources: list[str], hash_s
     packed = pack_hashes([perceptual_hash(img, hash_size) for img in images])
     pairs = near_duplicate_pairs(packed, distance)
     dropped: dict[int, int] = {}
-    for i, j in sorted((min(a, b), max(a, b)) for a, b in pairs):
+    for i, j in pairs[:, :2].tolist():  # i < j, sorted
         if sources[i] != sources[j] and j not in dropped:
             dropped[j] = i
     return sorted(dropped.items())

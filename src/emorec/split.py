@@ -143,7 +143,7 @@ def mixed_split(manifest: pd.DataFrame, rows: pd.DataFrame, mapping: dict[str, s
     position = np.full(len(rows), -1)
     position[~has] = np.arange(len(free))
     inside = pairs[(~has[pairs[:, 0]]) & (~has[pairs[:, 1]])] if len(pairs) else pairs
-    groups = near_duplicate_groups(len(free), position[inside] if len(inside) else inside)
+    groups = near_duplicate_groups(len(free), position[inside[:, :2]] if len(inside) else inside)
     drawn = stratified_split(free, ratios, seed, groups)
     splits = {name: pd.concat([fixed[name], drawn[name]]).sort_values("origin")
               .reset_index(drop=True) for name in SPLITS}
