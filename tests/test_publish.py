@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import yaml
 from huggingface_hub import ModelCard
-from stagerun import STAGES, run_python
+from stagerun import REPO, STAGES, run_python
 
 from emorec.calibration import calibrate
 from emorec.config import Params
 from emorec.publish import (
+    FOLDER_FILES,
     PUBLISHED_FILES,
     CardInputs,
     PublishError,
@@ -140,3 +141,65 @@ def test_model_card_stage_writes_the_card_without_fer2013(params_raw, tmp_path):
     (reports / "metrics" / "test.json").unlink()
     missing = run_python([str(STAGES / "model_card.py")], cwd=tmp_path)
     assert missing.returncode == 2 and "report not found" in missing.stderr
+
+
+# -- the shipped real-face model folder ---------------------------------------------------------
+def test_dry_run_of_the_shipped_model_is_a_complete_repo_loaded_offline(tmp_path, monkeypatch):
+    """``python -m emorec.publish --dry-run DIR`` (no other option) publishes the folder
+    ``serve.shipped_model`` names: the card parses with huggingface_hub offline, its
+    model-index metrics read back, and the usage example runs the model on a real face."""
+    import subprocess
+    import sys
+
+    import huggingface_hub
+    from huggingface_hub import metadata_load
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+    from PIL import Image
+
+    from emorec.inference import OnnxClassifier
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    out = tmp_path / "hf"
+    proc = run_python(["-m", "emorec.publish", "--dry-run", str(out)], REPO, HF_HUB_OFFLINE="1")
+    assert proc.returncode == 0, proc.stderr
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    shipped = REPO / params["serve"]["shipped_model"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(FOLDER_FILES)
+    assert (out / "model.int8.onnx").read_bytes() == (shipped / "model.int8.onnx").read_bytes()
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.model_name == "emorec-resnet18" and card.data.library_name == "onnx"
+    name, results = model_index_to_eval_results(metadata_load(out / "README.md")["model-index"])
+    assert name == "emorec-resnet18"
+    fer = {(r.dataset_config, r.metric_type): r.metric_value for r in results
+           if r.dataset_type == "fer2013"}
+    report = json.loads((REPO / "reports" / "fer2013.json").read_text())
+    assert fer[("7 classes", "accuracy")] == pytest.approx(report["test"]["accuracy"], abs=1e-4)
+    assert fer[("7 classes", "f1")] == pytest.approx(report["test"]["macro_f1"], abs=1e-4)
+    assert "## How to use" in card.text and "example.py" in card.text
+    assert "model.int8.ort" not in card.text.split("## How to use")[1]  # not in this repo
+
+    config = json.loads((out / "config.json").read_text())
+    reference = OnnxClassifier(shipped / "model.int8.onnx")
+    assert config["classes"] == reference.classes == list(
+        json.loads((out / "label_map.json").read_text()))
+    assert config["image"] == {**config["image"], "size": 64, "mean": 0.5, "std": 0.5,
+                               "grayscale": True}
+    assert config["temperature"] == pytest.approx(reference.temperature)
+    assert config["face_crop"]["margin"] == params["serve"]["face_margin"]
+
+    # the usage example, run as a user would, on a real face crop (the astronaut's smile)
+    from facephotos import PHOTOS, TRUTH
+
+    x, y, w, h = TRUTH["astronaut"]
+    face = Image.fromarray(PHOTOS["astronaut"]).crop((x, y, x + w, y + h))
+    face.save(tmp_path / "face.png")
+    run = subprocess.run([sys.executable, str(out / "example.py"), str(tmp_path / "face.png")],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    answer = json.loads(run.stdout)
+    want = reference.predict_images([face])[0]
+    got = np.array([answer["probabilities"][c] for c in reference.classes])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert answer["label"] == reference.classes[int(want.argmax())] == "happy"
