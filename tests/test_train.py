@@ -4,10 +4,12 @@ pretrained weights from a local file or (failing cleanly) from the hub, and the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import timm
@@ -289,3 +291,64 @@ def test_no_head_warmup_without_pretrained_weights(repo_params_raw):
     assert effective_freeze_epochs(TrainConfig.from_params(Params(raw))) == 0
     raw["train"]["pretrained"] = "some/hub-id"
     assert effective_freeze_epochs(TrainConfig.from_params(Params(raw))) == 2
+
+
+# -- label distributions (FER+ votes) ------------------------------------------------------------
+def test_soft_targets_reach_the_loss_unsmoothed_and_mix_with_their_images(repo_params_raw):
+    seen: dict[str, torch.Tensor] = {}
+    votes = torch.tensor([[0.6, 0.4, 0.0], [0.0, 1.0, 0.0], [0.1, 0.0, 0.9], [0.5, 0.5, 0.0]])
+    x = torch.randn(4, 1, 32, 32)
+    plain = _trainer(repo_params_raw, None, mixup={"enabled": False, "mixup_alpha": 1.0,
+                                                   "cutmix_alpha": 0.0, "prob": 1.0,
+                                                   "switch_prob": 0.5})
+    plain.cfg = dataclasses.replace(plain.cfg, label_smoothing=0.2)
+    plain.criterion.register_forward_pre_hook(lambda m, a: seen.__setitem__("t", a[1].clone()))
+    plain.train_step(x.clone(), votes)
+    assert torch.equal(seen["t"], votes)  # the taggers' spread is the target: no smoothing on top
+
+    mix = {"mixup": {"enabled": True, "mixup_alpha": 1.0, "cutmix_alpha": 0.0, "prob": 1.0,
+                     "switch_prob": 0.5}}
+    mixed = _trainer(repo_params_raw, None, **mix)
+    mixed.model.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0].clone()))
+    mixed.criterion.register_forward_pre_hook(lambda m, a: seen.__setitem__("t", a[1].clone()))
+    mixed.train_step(x.clone(), votes)
+    lam = float(((seen["x"] - x.flip(0)) / (x - x.flip(0))).flatten().median())
+    assert 0 < lam < 1
+    assert torch.allclose(seen["t"], lam * votes + (1 - lam) * votes.flip(0), atol=1e-4)
+
+
+def test_soft_column_fills_label_only_rows_with_smoothed_one_hot():
+    from emorec.data import soft_targets
+
+    frame = pd.DataFrame({"label": ["angry", "sad", "happy"],
+                          "soft": ["0.5 0.5 0", "", "0 2 2"]})
+    got = soft_targets(frame, CLASSES, smoothing=0.3)
+    expected = [[0.5, 0.5, 0.0], [0.1, 0.1, 0.8], [0.0, 0.5, 0.5]]
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert soft_targets(frame.drop(columns="soft"), CLASSES) is None
+    with pytest.raises(Exception, match="row 4"):  # the CSV line, after the header
+        soft_targets(frame.assign(soft=["", "", "1 2"]), CLASSES)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_train_stage_learns_from_vote_distributions(workdir, repo_params_raw, in_memory):
+    """A train split whose rows carry votes trains on both data paths, camera looks on."""
+    train_csv = workdir / "data/synth/train.csv"
+    frame = pd.read_csv(train_csv)
+    index = {c: i for i, c in enumerate(CLASSES)}
+    dist = []
+    for k, label in enumerate(frame["label"]):
+        p = [0.0] * len(CLASSES)
+        p[index[label]] = 0.8
+        p[(index[label] + 1) % len(CLASSES)] = 0.2
+        dist.append(" ".join(map(str, p)) if k % 2 == 0 else "")  # half the rows: label alone
+    frame.assign(soft=dist).to_csv(train_csv, index=False)
+    raw = tiny_params(repo_params_raw, model="test_convnext", epochs=3, in_memory=in_memory)
+    for name in raw["train"]["camera"]:
+        raw["train"]["camera"][name]["p"] = 0.3
+    params = write_params(workdir / "params.yaml", raw)
+    proc = run_python([str(STAGES / "train.py"), "--params", str(params), "--no-progress"],
+                      workdir)
+    assert proc.returncode == 0, proc.stderr
+    ckpt = torch.load(workdir / "models/best.pt", map_location="cpu", weights_only=False)
+    assert ckpt["metrics"]["macro_f1"] > 0.8  # chance is 1/3

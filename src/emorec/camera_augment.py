@@ -10,12 +10,14 @@ so a resumed run sees the same images.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import decode_jpeg, encode_jpeg
+from PIL import Image
 
 from emorec.config import Params
 from emorec.errors import ParamsError
@@ -115,9 +117,12 @@ class CameraAugment:
     def _jpeg(u: torch.Tensor, chosen: torch.Tensor, quality: torch.Tensor,
               _: torch.Generator) -> torch.Tensor:
         for i in chosen.nonzero().flatten().tolist():
-            pixels = (u[i].cpu() * 255).round().to(torch.uint8)
-            data = encode_jpeg(pixels, quality=int(round(float(quality[i]))))
-            u[i] = decode_jpeg(data).to(u.device, u.dtype) / 255
+            pixels = (u[i, 0].cpu() * 255).round().to(torch.uint8).numpy()
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="JPEG",
+                                         quality=int(round(float(quality[i]))))
+            decoded = np.asarray(Image.open(buffer), dtype=np.float32) / 255
+            u[i, 0] = torch.from_numpy(decoded).to(u.device, u.dtype)
         return u
 
     @staticmethod

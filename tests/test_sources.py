@@ -1,0 +1,163 @@
+"""Several sources in one ingest: label maps, splits, cross-source duplicates, FER+ votes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from emorec.config import Params
+from emorec.errors import ParamsError
+from emorec.ferplus import vote_target
+from emorec.ingest import run_ingest
+from emorec.split import run_split
+
+CLASSES = ["angry", "fearful", "happy", "neutral", "sad", "surprised"]
+FER_MAP = {"neutral": "neutral", "happiness": "happy", "surprise": "surprised",
+           "sadness": "sad", "anger": "angry", "disgust": "angry", "fear": "fearful",
+           "contempt": None}
+
+
+def face(seed: int, size: int = 48) -> Image.Image:
+    """A distinct random grayscale image: no two seeds are near copies of each other."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8))
+
+
+def save(image: Image.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path
+
+
+def ferplus_tree(root: Path, rows: dict[str, list[tuple[int, list[int]]]]) -> None:
+    """FER+ folders: ``{folder: [(seed, 10 votes), ...]}`` as images plus label.csv."""
+    for folder, entries in rows.items():
+        lines = []
+        for seed, votes in entries:
+            name = f"fer{seed:07d}.png"
+            save(face(seed), root / folder / name)
+            lines.append(f'{name},"(0, 0, 48, 48)",' + ",".join(map(str, votes)))
+        (root / folder / "label.csv").write_text("\n".join(lines) + "\n")
+
+
+def sources_params(params_raw: dict, sources: list[dict]) -> Params:
+    params_raw["classes"] = CLASSES
+    params_raw["data"]["source"] = "sources"
+    params_raw["data"]["sources"] = sources
+    return Params(params_raw)
+
+
+def votes(**counts: int) -> list[int]:
+    order = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+             "contempt", "unknown", "NF"]
+    return [counts.get(name, 0) for name in order]
+
+
+# -- FER+ votes ----------------------------------------------------------------------------------
+def test_votes_become_a_distribution_without_single_outliers():
+    label, raw, dist = vote_target(np.array(votes(neutral=6, sadness=3, anger=1)), FER_MAP,
+                                   CLASSES)
+    assert (label, raw) == ("neutral", "neutral")
+    expected = np.zeros(len(CLASSES))
+    expected[CLASSES.index("neutral")], expected[CLASSES.index("sad")] = 6 / 9, 3 / 9
+    np.testing.assert_allclose(dist, expected)  # the single anger vote is an outlier
+
+
+def test_disgust_and_anger_votes_add_up_when_mapped_to_one_class():
+    label, _, dist = vote_target(np.array(votes(anger=4, disgust=4, fear=2)), FER_MAP, CLASSES)
+    assert label == "angry"
+    assert dist[CLASSES.index("angry")] == pytest.approx(0.8)
+
+
+def test_unknown_not_a_face_and_dropped_emotions_are_reported():
+    with pytest.raises(Exception, match="ferplus_unknown"):
+        vote_target(np.array(votes(unknown=6, happiness=4)), FER_MAP, CLASSES)
+    with pytest.raises(Exception, match="ferplus_not_face"):
+        vote_target(np.array(votes(NF=10)), FER_MAP, CLASSES)
+    label, raw, dist = vote_target(np.array(votes(contempt=8, neutral=2)), FER_MAP, CLASSES)
+    assert (label, raw, dist) == (None, "contempt", None)
+
+
+# -- ingest of several sources --------------------------------------------------------------------
+@pytest.fixture
+def two_sources(tmp_path, params_raw):
+    fer = tmp_path / "ferplus"
+    ferplus_tree(fer, {
+        "FER2013Train": [(1, votes(happiness=9, surprise=1)), (2, votes(sadness=5, neutral=5)),
+                         (3, votes(unknown=7, anger=3)), (4, votes(NF=10)),
+                         (5, votes(contempt=10))],
+        "FER2013Valid": [(6, votes(fear=8, surprise=2))],
+        "FER2013Test": [(7, votes(anger=10))],
+    })
+    lab = tmp_path / "lab"
+    for k, code in enumerate("abcdg" * 4):  # file names carry the label, as in TFEID
+        save(face(100 + k, 64), lab / f"01{k:02d}{code}01.png")
+    save(face(7), lab / "0199d01.png")  # the FER+ test face again: the test copy must win
+    noisy = np.asarray(face(1), dtype=np.int16) + np.random.default_rng(0).integers(-3, 4,
+                                                                                     (48, 48))
+    save(Image.fromarray(noisy.clip(0, 255).astype(np.uint8)), lab / "0198b01.png")  # near copy
+    params = sources_params(params_raw, [
+        {"name": "fer", "reader": "ferplus", "path": str(fer), "map": FER_MAP,
+         "face_crop": False},
+        {"name": "lab", "reader": "folder", "path": str(lab), "split": "stratified",
+         "label_pattern": r"^\d{4}([a-g])\d{2}", "face_crop": False,
+         "map": {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "e": "angry",
+                 "f": "fearful", "g": "surprised"}},
+    ])
+    return params, tmp_path
+
+
+def test_ingest_merges_sources_with_their_maps_splits_and_counts(two_sources):
+    params, tmp = two_sources
+    report = run_ingest(params, tmp / "interim", tmp / "ingest.json")
+    manifest = pd.read_csv(tmp / "interim" / "manifest.csv", keep_default_na=False)
+    by_source = report["sources"]
+
+    fer = manifest[manifest["source"] == "fer"]
+    assert sorted(fer["usage"]) == ["test", "train", "train", "val"]
+    assert by_source["fer"]["rejected_by_reason"] == {
+        "ferplus_not_face": 1, "ferplus_unknown": 1, "unknown_label": 1}
+    assert by_source["fer"]["offered"] == 7
+    happy = fer[fer["label"] == "happy"].iloc[0]
+    assert happy["soft"].split() == ["0", "0", "1", "0", "0", "0"]  # the single vote dropped
+
+    lab = manifest[manifest["source"] == "lab"]
+    assert set(lab["usage"]) == {""}  # stratified: the split stage draws it
+    assert by_source["lab"]["rejected_by_reason"] == {"duplicate": 1, "near_duplicate": 1}
+    assert by_source["lab"]["accepted"] == 20
+    assert (lab["soft"] == "").all()
+    assert len(manifest) == report["accepted"] == 24
+    assert all(Path(p).is_file() for p in manifest["path"])
+    assert json.loads((tmp / "ingest.json").read_text())["sources"] == by_source
+
+
+def test_split_keeps_source_splits_and_draws_the_rest(two_sources, params_raw):
+    params, tmp = two_sources
+    run_ingest(params, tmp / "interim", tmp / "ingest.json")
+    params_raw["split"]["ratios"] = {"train": 0.5, "val": 0.25, "test": 0.25}
+    params_raw["balance"]["strategy"] = "none"
+    report = run_split(Params(params_raw), tmp / "interim" / "manifest.csv", tmp / "processed",
+                       tmp / "split.json")
+    assert report["split"]["strategy"] == "mixed"
+    test = pd.read_csv(tmp / "processed" / "test.csv", keep_default_na=False)
+    assert "fer-fer0000007" in " ".join(test["origin"])
+    assert "soft" in test.columns
+    total = sum(report["sizes"].values())
+    assert total == 24
+
+
+def test_bad_source_entries_name_the_key(params_raw, tmp_path):
+    base = {"name": "x", "reader": "folder", "path": str(tmp_path)}
+    for entry, key in [({**base, "reader": "zip"}, "data.sources[0].reader"),
+                       ({**base, "map": {"a": "joy"}}, "data.sources[0].map.a"),
+                       ({**base, "label_pattern": "("}, "data.sources[0].label_pattern"),
+                       ({**base, "split": "predefined"}, "data.sources[0].usage")]:
+        with pytest.raises(ParamsError, match=key.replace("[", r"\[").replace("]", r"\]")):
+            run_ingest(sources_params(params_raw, [entry]), tmp_path / "i", tmp_path / "r.json")
+    with pytest.raises(ParamsError, match="unique"):
+        run_ingest(sources_params(params_raw, [base, base]), tmp_path / "i", tmp_path / "r.json")
