@@ -12,6 +12,12 @@ const TYPES = {
   '.wasm': 'application/wasm', '.png': 'image/png', '.svg': 'image/svg+xml',
   '.onnx': 'application/octet-stream', '.ort': 'application/octet-stream',
 };
+// Cross-origin isolation (crossOriginIsolated === true) unlocks SharedArrayBuffer, which the
+// multi-threaded wasm builds of TensorFlow.js (live mode's face detector) and onnxruntime-web
+// need. Everything the app loads is same-origin, so require-corp blocks nothing.
+const ISOLATION = {
+  'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp',
+};
 
 createServer((req, res) => {
   const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
@@ -21,7 +27,7 @@ createServer((req, res) => {
     if (statSync(file).isDirectory()) file = join(file, 'index.html');
     const size = statSync(file).size;
     res.writeHead(200, { 'Content-Type': TYPES[extname(file)] || 'application/octet-stream',
-      'Content-Length': size, 'Cache-Control': 'no-cache' });
+      'Content-Length': size, 'Cache-Control': 'no-cache', ...ISOLATION });
     createReadStream(file).pipe(res);
   } catch {
     res.writeHead(404).end('not found');

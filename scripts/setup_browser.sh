@@ -3,7 +3,8 @@
 #   - Debian's Chromium at /usr/bin/chromium (Playwright drives this system browser; it never
 #     downloads a browser build of its own) for the browser tests (tests/test_mobile*.py),
 #   - Debian's qemu-user, to emulate a CPU without VNNI for tests/test_quantize.py (x86_64 only),
-#   - the mobile app's npm dependencies (onnxruntime-web) from mobile/package-lock.json.
+#   - the mobile app's npm dependencies (onnxruntime-web, face-api, the TensorFlow.js wasm
+#     binaries) from mobile/package-lock.json.
 # A no-op taking milliseconds once both are present. Needs root for apt-get (CI runs as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,17 +21,15 @@ if [ ${#packages[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
-# Installed onnxruntime-web must be the version package-lock.json pins (else reinstall).
-ort_version() {
-    node -e 'const [f, k] = process.argv.slice(1); const j = require(f);
-             process.stdout.write(String(k ? (j.packages[k] || {}).version : j.version))' "$@"
-}
-installed=""
-if [ -f mobile/node_modules/onnxruntime-web/package.json ]; then
-    installed=$(ort_version "$PWD/mobile/node_modules/onnxruntime-web/package.json")
-fi
-locked=$(ort_version "$PWD/mobile/package-lock.json" node_modules/onnxruntime-web)
-if [ "$installed" != "$locked" ]; then
-    echo "setup_browser: npm ci in mobile/"
+# Every installed dependency must be the version package-lock.json pins (else reinstall).
+stale=$(cd mobile && node -e '
+  const lock = require("./package-lock.json").packages;
+  const version = (name) => { try { return require(`./node_modules/${name}/package.json`).version; }
+                              catch { return null; } };
+  const stale = Object.keys(lock[""].dependencies)
+    .filter((name) => version(name) !== lock[`node_modules/${name}`].version);
+  process.stdout.write(stale.join(" "))')
+if [ -n "$stale" ]; then
+    echo "setup_browser: npm ci in mobile/ ($stale)"
     (cd mobile && npm ci --no-audit --no-fund --loglevel=error)
 fi

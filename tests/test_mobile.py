@@ -132,6 +132,12 @@ class _Handler(SimpleHTTPRequestHandler):
             return str(self.model_dir / Path(name).name)
         return super().translate_path(path)
 
+    def end_headers(self) -> None:
+        # Cross-origin isolation, as mobile/serve.mjs sends it: the wasm backends' threads need it.
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        super().end_headers()
+
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - signature of the base
         pass
 
@@ -314,4 +320,6 @@ def test_setup_script_is_idempotent():
         run = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, run.stderr
     assert run.stdout == ""  # no apt-get, no npm
-    assert CHROMIUM.exists() and (MOBILE / "node_modules" / "onnxruntime-web").is_dir()
+    assert CHROMIUM.exists()
+    for package in ("onnxruntime-web", "@vladmandic/face-api", "@tensorflow/tfjs-backend-wasm"):
+        assert (MOBILE / "node_modules" / package / "package.json").is_file()

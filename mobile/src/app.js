@@ -7,8 +7,8 @@
 //                            (default ./public/model/, written by `dvc repro mobile_assets`)
 //   crop=auto|center|none    overrides config.json's crop mode
 //   sw=0                     do not register the service worker (development)
-//   tfjs=webgl|cpu           TensorFlow.js backend of the live mode's face detector
-//                            (default: the fastest available; WebGL even when software-rendered)
+//   tfjs=wasm|webgl|cpu      TensorFlow.js backend of the live mode's face detector
+//                            (default: the fastest on this device, timed when live mode starts)
 //
 // For tests and tools the page exposes window.emorec = {ready, classifyBlob, last, live}; `last`
 // is the latest result and every result is also dispatched as an `emorec:result` event; `live`
@@ -57,10 +57,9 @@ async function loadConfig() {
 }
 
 async function createSession(modelUrl) {
-  // Several threads need cross-origin isolation (SharedArrayBuffer); one thread is fast enough
-  // for a 64x64 grayscale input and works on any static host.
-  ort.env.wasm.numThreads = window.crossOriginIsolated
-    ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+  // One thread: the model takes a few ms for a 64x64 grayscale input, and in live mode the face
+  // detector needs the other cores (a second thread here made live mode slower on 2 cores).
+  ort.env.wasm.numThreads = 1;
   return ort.InferenceSession.create(modelUrl.href, {
     executionProviders: ['wasm'],
     graphOptimizationLevel: 'all',
@@ -270,8 +269,9 @@ async function main() {
   setStatus('Loading model…');
   const config = await loadConfig();
   const session = await createSession(config.modelUrl);
-  const faceModel = document.querySelector('meta[name="emorec-face-model"]')?.content
-    || './node_modules/@vladmandic/face-api/model/';
+  // Where live mode's vendored files are: node_modules in development, vendor/ once built.
+  const meta = (name, fallback) => new URL(
+    document.querySelector(`meta[name="${name}"]`)?.content || fallback, window.location.href).href;
   const app = {
     config,
     session,
@@ -280,7 +280,10 @@ async function main() {
     outputName: session.outputNames[0],
     ort,
     softmax,
-    faceModelUrl: new URL(faceModel, window.location.href).href,
+    urls: {
+      faceModel: meta('emorec-face-model', './node_modules/@vladmandic/face-api/model/'),
+      tfjsWasm: meta('emorec-tfjs-wasm', './node_modules/@tensorflow/tfjs-backend-wasm/dist/'),
+    },
   };
   $('file').addEventListener('change', async (event) => {
     const [file] = event.target.files;
