@@ -113,6 +113,7 @@ def test_dvc_renders_the_declared_plots_and_metrics(trained, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy(REPO / "params.yaml", repo / "params.yaml")  # dvc.yaml interpolates ${serve.*}
     shutil.copytree(root / "reports", repo / "reports")
     env = {**os.environ, "DVC_NO_ANALYTICS": "1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -253,3 +254,16 @@ def test_risk_coverage_and_thresholds_by_hand():
     assert selective_at(probs, labels, 0.7) == pytest.approx(
         {"threshold": 0.7, "coverage": 0.8, "accuracy": 0.75})
     assert selective_at(probs, labels, 0.95)["accuracy"] is None
+
+
+def test_multi_source_splits_are_scored_per_source_too():
+    from emorec.evaluation import metrics_by_source
+
+    sources = np.array(["fer", "fer", "fer", "lab", "lab"])
+    y_true = np.array([0, 1, 1, 2, 2])
+    y_pred = np.array([0, 1, 0, 2, 0])
+    got = metrics_by_source(sources, y_true, y_pred, ["a", "b", "c"])
+    assert got["fer"]["n"] == 3 and got["fer"]["accuracy"] == pytest.approx(2 / 3)
+    assert got["fer"]["balanced_accuracy"] == pytest.approx((1 + 0.5) / 2)
+    assert got["lab"] == {"n": 2, "accuracy": 0.5, "balanced_accuracy": 0.5,
+                          "macro_f1": pytest.approx(2 / 3), "classes": ["c"]}
