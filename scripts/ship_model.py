@@ -1,0 +1,106 @@
+"""Ship a finished experiment's model in ``models/<name>/`` and pick the default on validation data.
+
+    python scripts/run_preset.py multisource-cpu          # the experiment (see presets/)
+    python scripts/ship_model.py multisource --choose models/fer2013
+
+writes ``models/multisource/`` (INT8 ONNX, label map, fp16 safetensors to fine-tune from, model
+card with the cross-corpus table) and ``reports/multisource.json``. With ``--choose``, every
+listed shipped model and the new one are scored on the run's val split per source, and
+``reports/model_choice.json`` names the one with the highest mean balanced accuracy over the
+sources; ``--set-default`` then writes it into params.yaml's ``serve.shipped_model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from emorec.config import Params, load_params
+from emorec.publish import CardInputs, render_card
+from emorec.shipping import choose_by_validation, cross_corpus_table, package, run_report
+
+
+def card(workspace: Path, report: dict, name: str) -> str:
+    """The Hub card of the run, plus its data sources and the cross-corpus table."""
+    params = load_params(workspace / "params.yaml")
+    reports = workspace / "reports"
+    inputs = CardInputs.from_paths(reports / "metrics/test.json",
+                                   reports / "metrics/calibration.json",
+                                   reports / "quantize.json", reports / "split.json")
+    lines = [render_card(params, inputs).rstrip(), "", "## Data sources", "",
+             "| source | reader | split | images |", "|---|---|---|---:|"]
+    for source, info in report["sources"].items():
+        lines.append(f"| {source} | {info['reader']} | {info['split']} | {info['accepted']} |")
+    by_source = report["test"].get("by_source") or {}
+    if by_source:
+        lines += ["", "Test split per source (majority labels for FER+):", "",
+                  "| source | images | accuracy | balanced acc. | macro-F1 |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {s} | {m['n']} | {100 * m['accuracy']:.1f}% | "
+                  f"{100 * m['balanced_accuracy']:.1f}% | {m['macro_f1']:.3f} |"
+                  for s, m in by_source.items()]
+    cross = report.get("cross_corpus")
+    if cross and cross.get("sets"):
+        lines += ["", "## Cross-corpus (through the service's detect-align-crop path)", "",
+                  f"{cross['path']}; no face found counts as wrong. Measured on "
+                  f"{cross['hardware']}.", "", *cross_corpus_table(cross)]
+    lines += ["", "## Fine-tune from these weights", "", "```yaml",
+              f"train.pretrained: models/{name}/weights.fp16.safetensors   # params.yaml",
+              "```", ""]
+    return "\n".join(lines)
+
+
+def set_default(params_path: Path, folder: str) -> None:
+    """Point ``serve.shipped_model`` at ``folder``, keeping the file's comments."""
+    text = params_path.read_text()
+    new, n = re.subn(r"(?m)^(\s+shipped_model:\s*)\S+", rf"\g<1>{folder}", text)
+    if n != 1:
+        raise SystemExit(f"error: {params_path} has no single serve.shipped_model line")
+    params_path.write_text(new)
+    Params(load_params(params_path).raw)  # still parses
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("name", help="folder under models/ and report name under reports/")
+    parser.add_argument("--workspace", type=Path, default=Path("."),
+                        help="DVC workspace of the finished run (params.yaml, models/, reports/)")
+    parser.add_argument("--choose", nargs="*", type=Path, default=[], metavar="FOLDER",
+                        help="other shipped model folders to compare on the run's val split")
+    parser.add_argument("--set-default", action="store_true",
+                        help="write the chosen folder into params.yaml serve.shipped_model")
+    args = parser.parse_args(argv)
+    ws = args.workspace
+    missing = [p for p in ("models/model.int8.onnx", "models/best.pt", "reports/metrics/test.json")
+               if not (ws / p).is_file()]
+    if missing:
+        print(f"error: {ws} has no finished run (missing {missing}); run "
+              "`python scripts/run_preset.py multisource-cpu` first", file=sys.stderr)
+        return 2
+    dest = Path("models") / args.name
+    files = package(ws, dest)
+    report = run_report(ws, args.name) | {"files": files}
+    (dest / "README.md").write_text(card(ws, report, args.name))
+    out = Path("reports") / f"{args.name}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{dest}: {', '.join(files)}; figures in {out}")
+    if args.choose or args.set_default:
+        candidates = {args.name: dest / "model.int8.onnx"}
+        candidates |= {f.name: f / "model.int8.onnx" for f in args.choose}
+        choice = choose_by_validation(candidates, ws / "data/processed/val.csv", root=ws)
+        Path("reports/model_choice.json").write_text(json.dumps(choice, indent=2) + "\n")
+        for name, score in choice["candidates"].items():
+            print(f"{name}: mean balanced accuracy over val sources "
+                  f"{100 * score['mean_balanced_accuracy']:.1f}%")
+        print(f"chosen: {choice['chosen']}")
+        if args.set_default:
+            set_default(Path("params.yaml"), f"models/{choice['chosen']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Shipping a run's model into models/<name>/ and choosing the default on validation data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from emorec.shipping import choose_by_validation, package
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_onnx, tiny_checkpoint):
+    """A finished run's layout: models, label map and a two-source val split."""
+    ws = tmp_path / "ws"
+    shutil.copytree(tiny_onnx["root"], ws)
+    (ws / "models").mkdir(exist_ok=True)
+    shutil.copyfile(tiny_onnx["fp32"], ws / "models" / "model.int8.onnx")
+    shutil.copyfile(tiny_checkpoint, ws / "models" / "best.pt")
+    classes = torch.load(tiny_checkpoint, weights_only=False)["classes"]
+    (ws / "data" / "processed").mkdir(parents=True)
+    (ws / "data/processed/label_map.json").write_text(
+        json.dumps({c: i for i, c in enumerate(classes)}))
+    val = pd.read_csv(tiny_onnx["csvs"]["val"])
+    val["source"] = ["big" if k % 4 else "small" for k in range(len(val))]
+    val.to_csv(ws / "data/processed/val.csv", index=False)
+    return ws
+
+
+def test_package_holds_model_labels_and_fp16_weights(workspace, tmp_path):
+    files = package(workspace, tmp_path / "models" / "shipped")
+    assert set(files) == {"model.int8.onnx", "label_map.json", "weights.fp16.safetensors",
+                          "weights.fp16.json"}
+    weights = load_file(tmp_path / "models/shipped/weights.fp16.safetensors")
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
+    assert json.loads((tmp_path / "models/shipped/weights.fp16.json").read_text())[
+        "model_name"] == "resnet10t"
+
+
+def test_choice_averages_balanced_accuracy_over_sources(workspace):
+    model = workspace / "models" / "model.int8.onnx"
+    choice = choose_by_validation({"a": model, "b": model}, workspace / "data/processed/val.csv",
+                                  root=workspace)
+    a = choice["candidates"]["a"]
+    assert set(a["by_source"]) == {"big", "small"}
+    mean = (a["by_source"]["big"]["balanced_accuracy"]
+            + a["by_source"]["small"]["balanced_accuracy"]) / 2
+    assert a["mean_balanced_accuracy"] == pytest.approx(mean)
+    assert choice["chosen"] == "a"  # a tie keeps the first listed
