@@ -41,14 +41,18 @@ def apply(overrides: dict, params_path: Path) -> None:
     params_path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def dvc_command(name: str, extra: list[str]) -> list[str]:
-    overrides = read_preset(name)
-    cmd = ["dvc", "exp", "run", "--name", name, *extra]
+def set_args(overrides: dict) -> list[str]:
+    """``-S key=value`` arguments of ``dvc exp run`` for dotted-key overrides."""
+    args = []
     for key, value in overrides.items():
         # DVC parses -S values as YAML; flow style keeps integer keys (FER codes) integers
         text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
-        cmd += ["-S", f"{key}={text.removesuffix('...').strip()}"]
-    return cmd
+        args += ["-S", f"{key}={text.removesuffix('...').strip()}"]
+    return args
+
+
+def dvc_command(name: str, extra: list[str]) -> list[str]:
+    return ["dvc", "exp", "run", "--name", name, *extra, *set_args(read_preset(name))]
 
 
 def main() -> int:
