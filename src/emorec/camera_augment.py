@@ -99,19 +99,22 @@ class CameraAugment:
             u[i:i + 1] = F.interpolate(low, size=side, mode="bilinear", align_corners=False)
         return u
 
-    @staticmethod
-    def _blur(u: torch.Tensor, chosen: torch.Tensor, sigma: torch.Tensor,
+    def _blur(self, u: torch.Tensor, chosen: torch.Tensor, sigma: torch.Tensor,
               _: torch.Generator) -> torch.Tensor:
-        for i in chosen.nonzero().flatten().tolist():
-            s = max(float(sigma[i]), 1e-3)
-            radius = max(1, math.ceil(2.5 * s))
-            t = torch.arange(-radius, radius + 1, dtype=u.dtype)
-            k = torch.exp(-(t ** 2) / (2 * s * s))
-            k = (k / k.sum()).to(u.device)
-            img = F.pad(u[i:i + 1], (radius, radius, radius, radius), mode="replicate")
-            img = F.conv2d(img, k.view(1, 1, 1, -1))
-            u[i:i + 1] = F.conv2d(img, k.view(1, 1, -1, 1))
-        return u
+        # one grouped, separable convolution for the whole batch: a kernel per image (a unit
+        # impulse where not chosen), all of the radius the largest sigma needs. A convolution
+        # per image would rebuild oneDNN's primitive for every new kernel size.
+        radius = max(1, math.ceil(2.5 * self.cfg.ranges["blur"][1]))
+        t = torch.arange(-radius, radius + 1, dtype=u.dtype)
+        s = sigma.clamp(min=1e-3).to(u.dtype).view(-1, 1)
+        k = torch.exp(-(t.view(1, -1) ** 2) / (2 * s * s))
+        k = k / k.sum(dim=1, keepdim=True)
+        impulse = (t == 0).to(u.dtype).expand_as(k)
+        k = torch.where(chosen.view(-1, 1), k, impulse).to(u.device)
+        n, _, h, w = u.shape
+        img = F.pad(u.view(1, n, h, w), (radius, radius, radius, radius), mode="replicate")
+        img = F.conv2d(img, k.view(n, 1, 1, -1), groups=n)
+        return F.conv2d(img, k.view(n, 1, -1, 1), groups=n).view(n, 1, h, w)
 
     @staticmethod
     def _jpeg(u: torch.Tensor, chosen: torch.Tensor, quality: torch.Tensor,
