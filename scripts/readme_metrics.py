@@ -32,6 +32,7 @@ FER_START, FER_END = "<!-- fer2013:start -->", "<!-- fer2013:end -->"
 LOSS_START, LOSS_END = "<!-- losses:start -->", "<!-- losses:end -->"
 DETECT_START, DETECT_END = "<!-- detectors:start -->", "<!-- detectors:end -->"
 PATH_START, PATH_END = "<!-- service_path:start -->", "<!-- service_path:end -->"
+LIVE_START, LIVE_END = "<!-- live_mode:start -->", "<!-- live_mode:end -->"
 #: Published FER2013 PrivateTest accuracies (7 classes) the real-data section compares with.
 FER_ANCHORS = (
     ("Khaireddin & Chen 2021, VGGNet (best single network)", 0.7328),
@@ -340,6 +341,23 @@ def render_service_path(report: dict[str, Any]) -> str:
     return " ".join(lines)
 
 
+def render_live(report: dict[str, Any]) -> str:
+    """The PWA's live-mode frame rate, from ``reports/faces/live_mode.json``."""
+    wasm = report.get("wasm")
+    on = report["tfjs_backend"] + (
+        f" ({'SIMD' if wasm['simd'] else 'no SIMD'}, {wasm['threads']} thread(s))" if wasm else "")
+    bench = ", ".join(f"{name} {ms:.0f} ms" for name, ms in report["backend_benchmark_ms"].items())
+    width, height = report["frame"]
+    # fps counts frames processed, so it may exceed the camera's rate (a frame done twice).
+    return (f"Live mode at {width}x{height}, {report['faces']} faces, {report['camera_fps']} fps "
+            f"camera: **{report['fps']:.1f} frames processed per second** "
+            f"(per frame: detection {report['ms_detect_per_frame']:.1f} ms, emotion model "
+            f"{report['ms_model_per_frame']:.1f} ms: {report['emotion_model']}); face detector "
+            f"on TensorFlow.js {on}, chosen at start as the fastest of {bench} per detection; "
+            f"{report['browser']}; {report['cpu']}, {report['cores']} cores. "
+            "_Generated from `reports/faces/live_mode.json`._")
+
+
 def splice(readme: str, section: str, where: Path, start: str = START, end: str = END) -> str:
     if (readme.count(start) != 1 or readme.count(end) != 1
             or readme.index(start) > readme.index(end)):
@@ -356,6 +374,7 @@ OPTIONAL_SECTIONS = (
     ("fer2013_service_path.json", render_service_path, PATH_START, PATH_END),
     ("faces/detector_comparison.json", render_detectors, DETECT_START, DETECT_END),
     ("loss_comparison.json", render_losses, LOSS_START, LOSS_END),
+    ("faces/live_mode.json", render_live, LIVE_START, LIVE_END),
 )
 
 
