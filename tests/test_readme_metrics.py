@@ -126,7 +126,7 @@ def test_soak_line_shows_every_process_memory_and_health(tool):
               "load": {"requests": 1000, "errors": 2, "latency_ms": {"p99": 120.4}},
               "rss_mb": {"start": {"1": 100.0, "2": 300.2}, "end": {"1": 100.0, "2": 420.0}},
               "health": {"probes": 60, "failures": 1, "after_load_status": 200}}
-    [line] = tool._serve_soak(report)
+    [line] = tool.serve_soak(report)
     assert "Soak (10 min at 50 clients" in line and "Some CPU, 2 cores" in line
     assert "1000 requests, 2 errors, p99 120 ms" in line
     assert "100 -> 100, 300 -> 420" in line and "59 of 60 probes" in line
@@ -155,6 +155,6 @@ def test_serve_load_table_shows_every_run_when_repeated(tool):
     report = {"tool": "locust 2", "cpu": {"description": "Some CPU, 2 cores"},
               "model": {"what": "m"}, "ceiling": {"threads": 1, "batch_1_img_s": 100.0},
               "scenarios": {"single_faces": scenario([22.4, 25.1, 24.0])}}
-    text = "\n".join(tool._serve_load(report))
+    text = "\n".join(tool.serve_load(report))
     assert "medians of 3 runs per scenario" in text
     assert "| 24.0 | 0.0 | 0.0 | 0 | 22.4, 25.1, 24.0 |" in text
