@@ -257,9 +257,17 @@ def test_changed_data_starts_fresh(tmp_path, repo_params_raw, log_lines):
 def test_fingerprint_lists_match_dvc_yaml():
     """The code and params a resume checks are the train stage's deps in dvc.yaml."""
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
-    code_deps = {d for d in stage["deps"] if d.endswith(".py")}
-    assert code_deps == {"stages/train.py"} | {
-        "src/" + m.replace(".", "/") + ".py" for m in CODE_MODULES}
+    package = "src/emorec/training"  # one dep for the whole package, one fingerprint entry per file
+
+    def dep(module: str) -> str:
+        path = "src/" + module.replace(".", "/")
+        return package if path.startswith(package) else path + ".py"
+
+    code_deps = {d for d in stage["deps"] if d.startswith(("stages/", "src/"))}
+    assert code_deps == {"stages/train.py"} | {dep(m) for m in CODE_MODULES}
+    in_package = {"emorec.training" + ("" if p.stem == "__init__" else "." + p.stem)
+                  for p in (REPO / package).glob("*.py")}
+    assert in_package == {m for m in CODE_MODULES if m.startswith("emorec.training")}
     assert tuple(stage["params"]) == STAGE_PARAMS
     outs = {next(iter(o)): o[next(iter(o))] for o in stage["outs"] if isinstance(o, dict)}
     assert outs == {"models/best.pt": {"persist": True}, "models/last.pt": {"persist": True}}
