@@ -32,6 +32,7 @@ from readme_sections.pipeline import render  # noqa: E402
 from readme_sections.real_data import (  # noqa: E402
     render_ablation,
     render_fer2013,
+    render_learning_curve,
     render_losses,
     render_model_choice,
     render_multisource,
@@ -53,6 +54,7 @@ LIVE_START, LIVE_END = "<!-- live_mode:start -->", "<!-- live_mode:end -->"
 MULTI_START, MULTI_END = "<!-- multisource:start -->", "<!-- multisource:end -->"
 ABL_START, ABL_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 CHOICE_START, CHOICE_END = "<!-- model_choice:start -->", "<!-- model_choice:end -->"
+CURVE_START, CURVE_END = "<!-- learning_curve:start -->", "<!-- learning_curve:end -->"
 #: Published FER2013 PrivateTest accuracies (7 classes) the real-data section compares with.
 EXTRA_REPORTS = {"synth": "synth/status.json", "quantize": "quantize.json",
                  "serve_load": "bench/serve_load.json", "serve_soak": "bench/serve_soak.json",
@@ -129,6 +131,7 @@ OPTIONAL_SECTIONS = (
     ("multisource.json", render_multisource, MULTI_START, MULTI_END),
     ("ablation.json", render_ablation, ABL_START, ABL_END),
     ("model_choice.json", render_model_choice, CHOICE_START, CHOICE_END),
+    ("learning_curve.json", render_learning_curve, CURVE_START, CURVE_END),
 )
 
 

@@ -139,3 +139,19 @@ def render_model_choice(report: dict[str, Any]) -> str:
     lines += ["", f"Rule: {report['rule']}; chosen: **{report['chosen']}**. "
                   "_Generated from `reports/model_choice.json`._"]
     return "\n".join(lines)
+
+
+def render_learning_curve(report: dict[str, Any]) -> str:
+    """Fine-tuning from the shipped weights vs from scratch, from reports/learning_curve.json."""
+    lines = ["| labelled images per class | from scratch: accuracy / balanced | "
+             "from shipped weights: accuracy / balanced |", "|---:|---:|---:|"]
+    for n, row in report["curve"].items():
+        cells = " | ".join(f"{_pct(row[k]['accuracy'])} / {_pct(row[k]['balanced_accuracy'])}"
+                           for k in ("scratch", "pretrained"))
+        lines.append(f"| {n} | {cells} |")
+    lines += ["", f"Source `{report['source']}` ({len(report['classes'])} classes), tested on "
+                  f"{report['test_images']} images of people never trained on; "
+                  f"`{report['model']}`, {report['epochs']} epochs per run, start weights "
+                  f"`{report['weights']}`; {report['hardware']}. "
+                  "_Generated from `reports/learning_curve.json`._"]
+    return "\n".join(lines)
