@@ -26,8 +26,6 @@ from emorec.faces import (
     DetectorUnavailable,
     Face,
     FaceSettings,
-    _nms,
-    _pnet_bands,
     align_crop,
     detect_faces,
     eye_angle,
@@ -36,6 +34,7 @@ from emorec.faces import (
     select_faces,
     to_rgb,
 )
+from emorec.faces.mtcnn import _nms, _pnet_bands
 from emorec.serving import NO_FACE, answer, find_faces, resolve_mode
 from emorec.transforms import Preprocess
 

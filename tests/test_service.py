@@ -348,16 +348,23 @@ def test_health_and_info(server, int8_model):
 
 
 def _emorec_imports(path: Path) -> set[str]:
-    """Names of the emorec modules ``path`` imports at module level, and those they import,
-    transitively (imports inside functions serve the pipeline, not the service)."""
+    """Files (relative to ``src/emorec``) of the emorec modules ``path`` imports at module level,
+    and those they import, transitively, with the ``__init__.py`` of every subpackage on the way
+    (imports inside functions serve the pipeline, not the service)."""
+    src = REPO / "src"
     found: set[str] = set()
     todo = [path]
     while todo:
         text = todo.pop().read_text()
-        for name in re.findall(r"^from emorec\.(\w+) import", text, re.M):
-            if name not in found:
-                found.add(name)
-                todo.append(REPO / "src" / "emorec" / f"{name}.py")
+        for module in re.findall(r"^from (emorec(?:\.\w+)+) import", text, re.M):
+            parts = module.split(".")
+            for depth in range(2, len(parts) + 1):
+                rel = src.joinpath(*parts[:depth])
+                file = rel / "__init__.py" if rel.is_dir() else rel.with_suffix(".py")
+                name = file.relative_to(src / "emorec").as_posix()
+                if name not in found:
+                    found.add(name)
+                    todo.append(file)
     return found
 
 
@@ -397,7 +404,8 @@ def test_bentoml_build_produces_a_servable_bento(tmp_path, int8_model):
     # installed package would hide a missing one; in a container nothing does)
     shipped = bento / "src" / "src" / "emorec"
     needed = _emorec_imports(REPO / "bento" / "service.py")
-    assert sorted(m for m in needed if not (shipped / f"{m}.py").is_file()) == []
+    assert {"faces/__init__.py", "faces/mtcnn.py"} <= needed  # packages are followed too
+    assert sorted(m for m in needed if not (shipped / m).is_file()) == []
 
     # The built bento serves on its own: model and params from inside the bento.
     with BentoServer(target=tag, working_dir=tmp_path, log_path=tmp_path / "bento.log",

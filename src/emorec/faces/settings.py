@@ -1,0 +1,83 @@
+"""Which detector: the ``faces`` params section (:class:`FaceSettings`), detectors by name
+(:data:`DETECTORS`, :func:`make_detector`) and one detector per thread (:func:`thread_detector`)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from emorec.config import Params
+from emorec.faces.align import MULTI_FACE_POLICIES
+from emorec.faces.detectors import (
+    DlibCnnDetector,
+    DlibHogDetector,
+    FaceDetector,
+    HaarDetector,
+)
+from emorec.faces.mtcnn import MtcnnDetector
+
+
+@dataclass(frozen=True)
+class FaceSettings:
+    """The ``faces`` section of params.yaml; the crop margin is ``serve.face_margin``, which the
+    mobile app shares."""
+
+    detector: str = "haar"
+    min_size: int = 24
+    score_threshold: float | None = None  # None: the detector's own default
+    margin: float = 0.15
+    multi_face: str = "largest"
+    max_faces: int = 20
+    scale_factor: float = 0.709  # MTCNN: pyramid step (``faces.mtcnn``)
+    threads: int = 1  # MTCNN: threads one photo's detection is shared between
+
+    @classmethod
+    def from_params(cls, params: Params) -> FaceSettings:
+        s = params.section("faces")
+        threshold = s.get("score_threshold")
+        return cls(
+            detector=s.choice("detector", DETECTORS),
+            min_size=s.integer("min_size", low=8),
+            score_threshold=None if threshold is None else s.number("score_threshold"),
+            margin=params.number("serve.face_margin", low=0, high=1),
+            multi_face=s.choice("multi_face", MULTI_FACE_POLICIES),
+            max_faces=s.integer("max_faces", low=1),
+            # a params file from before faces.mtcnn gets MTCNN as published, on one thread
+            scale_factor=s.number("mtcnn.scale_factor", low=0.5, high=0.9,
+                                  default=cls.scale_factor),
+            threads=s.integer("mtcnn.threads", low=1, default=cls.threads),
+        )
+
+    def detector_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`make_detector` beyond size and threshold."""
+        if self.detector == "mtcnn":
+            return {"scale_factor": self.scale_factor, "threads": self.threads}
+        return {}
+
+
+DETECTORS: dict[str, type[FaceDetector]] = {
+    cls.name: cls for cls in (HaarDetector, DlibHogDetector, DlibCnnDetector, MtcnnDetector)}
+
+
+def make_detector(name: str, min_size: int = 24, score_threshold: float | None = None,
+                  **options: Any) -> FaceDetector:
+    """A new detector by name (raises :class:`DetectorUnavailable` if its package is missing);
+    ``options`` go to its constructor (MTCNN: ``scale_factor``, ``threads``)."""
+    if name not in DETECTORS:
+        raise ValueError(f"unknown face detector {name!r}; choose from {sorted(DETECTORS)}")
+    return DETECTORS[name](min_size=min_size, score_threshold=score_threshold, **options)
+
+
+_local = threading.local()
+
+
+def thread_detector(settings: FaceSettings) -> FaceDetector:
+    """The detector for ``settings``, one per thread: OpenCV's cascade and dlib's detectors are
+    not documented as safe to call from several threads at once, and the service detects in a
+    thread pool."""
+    cache: dict[FaceSettings, FaceDetector] = _local.__dict__.setdefault("detectors", {})
+    if settings not in cache:
+        cache[settings] = make_detector(settings.detector, settings.min_size,
+                                        settings.score_threshold, **settings.detector_options())
+    return cache[settings]
