@@ -14,7 +14,7 @@ from pathlib import Path
 
 from emorec.cli import run_stage, stage_parser
 from emorec.config import Params
-from emorec.publish import CardInputs, write_model_card
+from emorec.model_card import CardInputs, write_model_card
 
 log = logging.getLogger("emorec.stages.model_card")
 
