@@ -27,27 +27,18 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 from tqdm import tqdm
 
-from emorec.config import Params, _Scoped
+from emorec.config import Params
 from emorec.errors import ParamsError
 from emorec.faces import FaceSettings, align_crop, thread_detector, to_rgb
 from emorec.inference import OnnxClassifier
-from emorec.sources import SourceSpec, spec_candidates
+from emorec.sources import SourceSpec, source_list, spec_candidates
 
 NO_FACE = "<no face>"
 
 
 def external_sets(params: Params, classes: list[str]) -> list[SourceSpec]:
     """``evaluate.external``, validated like ``data.sources`` entries, against ``classes``."""
-    entries = params.sequence("evaluate.external", default=[])
-    specs = []
-    for k, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ParamsError(f"evaluate.external[{k}]", "must be a mapping (name, reader, ...)")
-        specs.append(SourceSpec.from_params(_Scoped(entry, f"evaluate.external[{k}]"), classes))
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ParamsError("evaluate.external", f"names must be unique, got {names}")
-    return specs
+    return source_list(params, "evaluate.external", classes)
 
 
 def fold_map(params: Params, classes: Sequence[str]) -> dict[str, str]:

@@ -16,7 +16,7 @@ dataset and says how to read it::
 Raw labels the map leaves out, or maps to ``null``, are rejected as ``unknown_label`` and
 counted per source; without a ``map`` a folder source accepts folder names equal to a class.
 Predefined sources write their split into the manifest's ``usage`` column, stratified ones leave
-it empty and the split stage draws their split (:mod:`emorec.split`).
+it empty and the split stage draws their split (:mod:`emorec.split_balance`).
 
 Candidates of all sources are offered test first, then val, then train: when two sources hold
 the same face, the copy in a test split is the one that is kept (exact copies by pixels in the
@@ -114,19 +114,24 @@ def _label_map(entry: Params, classes: list[str]) -> dict[str, str | None]:
 
 def read_sources(params: Params) -> list[SourceSpec]:
     """Every ``data.sources`` entry, validated before any file is read; names must be unique."""
-    entries = params.sequence("data.sources")
-    if not entries:
+    specs = source_list(params, "data.sources", params.classes)
+    if not specs:
         raise ParamsError("data.sources", "lists no source (data.source is 'sources')")
+    return specs
+
+
+def source_list(params: Params, key: str, classes: list[str]) -> list[SourceSpec]:
+    """The list of source entries at ``key`` (``data.sources``, ``evaluate.external``), each
+    validated against ``classes``; names must be unique."""
     specs = []
-    for k, entry in enumerate(entries):
+    for k, entry in enumerate(params.sequence(key, default=[])):
         if not isinstance(entry, dict):
-            raise ParamsError(f"data.sources[{k}]", "must be a mapping (name, reader, path, ...)")
-        specs.append(SourceSpec.from_params(_Scoped(entry, f"data.sources[{k}]"),
-                                            params.classes))
+            raise ParamsError(f"{key}[{k}]", "must be a mapping (name, reader, path, ...)")
+        specs.append(SourceSpec.from_params(_Scoped(entry, f"{key}[{k}]"), classes))
     names = [s.name for s in specs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
-        raise ParamsError("data.sources", f"names must be unique, {twice} appear twice")
+        raise ParamsError(key, f"names must be unique, {twice} appear twice")
     return specs
 
 
