@@ -49,7 +49,7 @@ def preprocess_for(meta: dict, params: Params) -> Preprocess:
 def main(params: Params, args: argparse.Namespace) -> None:
     # torch, captum, shap and lime take seconds to import: not for `--help`
     from emorec.models import device, load_checkpoint
-    from emorec.splits import read_split
+    from emorec.split_csv import read_split
     from emorec.xai.pipeline import ExplainConfig, run_explain
 
     cfg = ExplainConfig.from_params(params)

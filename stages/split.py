@@ -13,7 +13,7 @@ from pathlib import Path
 
 from emorec.cli import run_stage, stage_parser
 from emorec.config import Params
-from emorec.split import run_split
+from emorec.split_balance import run_split
 
 log = logging.getLogger("emorec.stages.split")
 

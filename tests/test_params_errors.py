@@ -15,7 +15,7 @@ from stagerun import STAGES, run_python
 
 from emorec.config import Params
 from emorec.errors import ParamsError
-from emorec.split import run_split
+from emorec.split_balance import run_split
 
 
 def run_stage(stage: str, params_raw: dict, cwd: Path) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from emorec.config import Params
 from emorec.errors import ParamsError
 from emorec.ferplus import vote_target
 from emorec.ingest import run_ingest
-from emorec.split import run_split
+from emorec.split_balance import run_split
 
 CLASSES = ["angry", "fearful", "happy", "neutral", "sad", "surprised"]
 FER_MAP = {"neutral": "neutral", "happiness": "happy", "surprise": "surprised",

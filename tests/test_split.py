@@ -14,13 +14,13 @@ from emorec.config import Params
 from emorec.errors import DataError, ParamsError
 from emorec.ingest import run_ingest
 from emorec.labels import read_label_map
-from emorec.split import (
+from emorec.split_balance import (
     check_no_leakage,
     copies_per_image,
     run_split,
     split_ratios,
 )
-from emorec.splits import COLUMNS
+from emorec.split_csv import COLUMNS
 
 N_IMAGES = 120
 

@@ -13,7 +13,7 @@ from PIL import Image
 from emorec.config import Params
 from emorec.errors import DataError
 from emorec.ingest import run_ingest
-from emorec.split import run_split
+from emorec.split_balance import run_split
 
 CODES = {"angry": 0, "fearful": 2, "happy": 3, "sad": 4, "surprised": 5, "neutral": 6}
 

@@ -24,7 +24,7 @@ from emorec.config import Params
 from emorec.demo_faces import render_face
 from emorec.faces import detect_faces
 from emorec.quality import laplacian_variance, perceptual_hash
-from emorec.splits import COLUMNS
+from emorec.split_csv import COLUMNS
 from emorec.synth.backends import ModelUnavailableError, make_backend, resolve_backend
 from emorec.synth.filters import (
     REASONS,

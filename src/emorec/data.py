@@ -1,4 +1,4 @@
-"""A torch ``Dataset`` over the split CSVs (schema and readers: :mod:`emorec.splits`)."""
+"""A torch ``Dataset`` over the split CSVs (schema and readers: :mod:`emorec.split_csv`)."""
 
 from __future__ import annotations
 

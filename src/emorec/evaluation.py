@@ -39,7 +39,7 @@ from emorec.models import TTA_MODES, load_checkpoint, with_tta
 from emorec.models import device as default_device
 from emorec.plots import confusion_matrix_png, image_grid_png, save_figure
 from emorec.precision import autocast
-from emorec.splits import check_images_exist, read_split
+from emorec.split_csv import check_images_exist, read_split
 from emorec.transforms import Preprocess
 
 log = logging.getLogger(__name__)

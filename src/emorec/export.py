@@ -48,7 +48,7 @@ from emorec.inference import (
     split_image_paths,
 )
 from emorec.labels import label_map
-from emorec.splits import read_split
+from emorec.split_csv import read_split
 from emorec.transforms import Preprocess
 
 log = logging.getLogger(__name__)

@@ -230,7 +230,7 @@ def predict_in_batches(model: OnnxClassifier, paths: Sequence[str | Path], batch
 def split_image_paths(frame: Any, root: str | Path, source: str | Path) -> list[Path]:
     """``root / path`` of every row of a split frame; missing files raise one clear error."""
     # imported here: the service imports this module, and its image has no pandas (splits')
-    from emorec.splits import check_images_exist
+    from emorec.split_csv import check_images_exist
 
     paths = [Path(root) / rel for rel in frame["path"]]
     check_images_exist(paths, source)

@@ -50,7 +50,7 @@ from emorec.imageio import REJECT_REASONS, open_image
 from emorec.labels import FER2013_CODES, LEGACY_8_TO_6
 from emorec.readers import EXTENSIONS, SOURCES, Candidate, candidates, fer_map
 from emorec.sources import SourceSpec, cross_source_duplicates, merged_candidates, read_sources
-from emorec.splits import read_labelled_csv
+from emorec.split_csv import read_labelled_csv
 
 #: Why a candidate can be rejected: the decoding reasons of :func:`open_image` plus ingest's own.
 #: FER2013 CSV rows add their own: wrong pixel count, non-numeric cells, values outside 0-255.

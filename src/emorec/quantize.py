@@ -58,7 +58,7 @@ from emorec.inference import (
 from emorec.labels import label_map
 from emorec.latency import measure_interleaved
 from emorec.metrics import classification_metrics
-from emorec.splits import read_split
+from emorec.split_csv import read_split
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from emorec.splits import COLUMNS
+from emorec.split_csv import COLUMNS
 
 SYNTH_COLUMNS = ["prompt", "seed", "prompt_hash"]
 SYNTHETIC = "synthetic"

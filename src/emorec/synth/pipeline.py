@@ -24,7 +24,7 @@ from emorec.errors import DataError, ParamsError
 from emorec.imageio import read_gray
 from emorec.ingest import png_bytes, sha256_hex
 from emorec.plots import image_rows_png
-from emorec.splits import read_split
+from emorec.split_csv import read_split
 from emorec.synth.backends import Backend, make_backend, resolve_backend
 from emorec.synth.embedding import EmbeddingConfig, EmbeddingFilter
 from emorec.synth.filters import REASONS, FilterConfig, QualityFilter, SyntheticCap

@@ -25,7 +25,7 @@ from emorec.memory_data import (
     fits_in_memory,
     load_split,
 )
-from emorec.splits import check_images_exist, read_split
+from emorec.split_csv import check_images_exist, read_split
 from emorec.training.config import TrainConfig, TrainPaths
 from emorec.training.distributed import DistEnv, derive_seed, seed_everything, seed_worker
 from emorec.transforms import Preprocess

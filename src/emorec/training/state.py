@@ -48,7 +48,7 @@ RESUMABLE_CHANGES = frozenset({"train.epochs"})
 #: The train stage's code deps in dvc.yaml (tests/test_resume.py keeps the lists equal); the
 #: stage script adds itself through ``TrainPaths.code``.
 #: Every module of this package is listed (dvc.yaml names the package folder).
-CODE_MODULES = ("emorec.splits", "emorec.training", "emorec.training.config",
+CODE_MODULES = ("emorec.split_csv", "emorec.training", "emorec.training.config",
                 "emorec.training.distributed", "emorec.training.loaders", "emorec.training.stage",
                 "emorec.training.state", "emorec.training.trainer", "emorec.callbacks",
                 "emorec.evaluation", "emorec.precision", "emorec.memory_data", "emorec.losses",

@@ -56,7 +56,7 @@ from emorec.quality import (
     pack_hashes,
     perceptual_hash,
 )
-from emorec.splits import COLUMNS, split_columns
+from emorec.split_csv import COLUMNS, split_columns
 
 SPLITS = ("train", "val", "test")
 SPLIT_STRATEGIES = ("auto", "stratified", "predefined")
