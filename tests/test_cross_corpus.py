@@ -77,3 +77,24 @@ def test_bad_external_entries_name_the_key(repo_params_raw, tmp_path):
                                     "map": {"a": "joy"}}]
     with pytest.raises(ParamsError, match=r"evaluate.external\[0\].map.a"):
         external_sets(Params(raw), raw["classes"])
+
+
+def test_service_takes_a_small_faceless_crop_whole_but_not_a_large_photo(params_raw):
+    """A tight face crop (too little head for the detector) is classified whole, score 0."""
+    from emorec.faces import FaceSettings
+    from emorec.serving.answers import find_faces
+
+    settings = FaceSettings.from_params(Params(params_raw))
+    assert settings.whole_image_max_side == 256
+    face = np.asarray(Image.fromarray(PHOTOS["astronaut"]).crop((185, 90, 245, 150)))
+    crop = Image.fromarray(face).resize((48, 48))  # eyes to mouth, no forehead or chin
+
+    def preprocess(image):
+        return np.zeros((1, 8, 8), np.float32)
+
+    found = find_faces(crop, "faces", settings, preprocess)
+    assert [f.box for f in found.faces] == [(0, 0, 48, 48)] and found.faces[0].score == 0.0
+    off = FaceSettings(**{**settings.__dict__, "whole_image_max_side": 0})
+    assert find_faces(crop, "faces", off, preprocess).faces == []
+    scene = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8))
+    assert find_faces(scene, "faces", settings, preprocess).faces == []  # too large to be a crop

@@ -3,10 +3,12 @@
 A test split shares its source's camera, framing and labelling habits with the train split, so it
 flatters a model that learned those habits. ``evaluate.external`` lists labelled sets in the same
 schema as ``data.sources`` (reader, path, map, split/usage, label_pattern) and each is scored
-the way users meet the model, through the service's own path: find the face
-(``faces.detector``), level the eyes, crop with ``serve.face_margin`` (:mod:`emorec.faces`),
-classify with the exported model. An image in which no face is found counts as wrong: the
-service would answer "no face found". The same images taken whole are scored too.
+the way users meet the model, through the service's own path
+(:func:`emorec.serving.answers.find_faces`): find the face (``faces.detector``), level the eyes,
+crop with ``serve.face_margin``, classify with the exported model; a small image without a
+detected face is taken whole, as the service does (``faces.whole_image_max_side``). An image
+the service would answer "no face found" for counts as wrong. The same images taken whole are
+scored too.
 
 For every set: the face-found rate; accuracy, balanced accuracy and macro-F1 over all images;
 the same after folding classes (``evaluate.fold``, e.g. disgust -> angry) for comparisons with
@@ -29,8 +31,9 @@ from tqdm import tqdm
 
 from emorec.config import Params
 from emorec.errors import ParamsError
-from emorec.faces import FaceSettings, align_crop, thread_detector, to_rgb
+from emorec.faces import FaceSettings, to_rgb
 from emorec.inference import OnnxClassifier
+from emorec.serving.answers import find_faces
 from emorec.sources import SourceSpec, source_list, spec_candidates
 
 NO_FACE = "<no face>"
@@ -58,15 +61,17 @@ class Predictions:
     service: list[str]
     whole: list[str]
     skipped: Counter[str]
+    #: faces the service took whole: no face found in a small image (faces.whole_image_max_side)
+    whole_image_faces: int = 0
 
 
 def predict_set(model: OnnxClassifier, spec: SourceSpec, faces: FaceSettings,
                 batch_size: int = 128) -> Predictions:
-    """Run every labelled image of ``spec`` through the service path and whole."""
-    detector = thread_detector(faces)
+    """Run every labelled image of ``spec`` through the service's path (its own
+    :func:`emorec.serving.answers.find_faces`, largest face) and whole."""
     out = Predictions([], [], [], Counter())
-    crops: list[Image.Image] = []
-    wholes: list[Image.Image] = []
+    inputs: list[np.ndarray] = []
+    wholes: list[np.ndarray] = []
     has_face: list[bool] = []
     for cand in tqdm(list(spec_candidates(spec, model.classes)), desc=f"scoring {spec.name}",
                      unit="img", mininterval=2):
@@ -76,26 +81,27 @@ def predict_set(model: OnnxClassifier, spec: SourceSpec, faces: FaceSettings,
         try:
             loaded = cand.load()
             image = loaded if isinstance(loaded, Image.Image) else Image.open(io.BytesIO(loaded))
-            rgb = to_rgb(image)
+            image = Image.fromarray(to_rgb(image))
         except Exception:  # noqa: BLE001 - a broken file is counted, not fatal
             out.skipped["unreadable"] += 1
             continue
-        found = detector.detect(rgb)
+        found = find_faces(image, "faces", faces, model.preprocess)
         out.labels.append(cand.label)
-        wholes.append(Image.fromarray(rgb))
-        has_face.append(bool(found))
-        if found:
-            crops.append(align_crop(rgb, found[0], faces.margin).image)
+        wholes.append(model.preprocess(image))
+        has_face.append(bool(found.faces))
+        if found.faces:
+            inputs.append(found.inputs[0])
+            out.whole_image_faces += found.faces[0].score == 0.0
     out.whole = _predict(model, wholes, batch_size)
-    face_labels = iter(_predict(model, crops, batch_size))
+    face_labels = iter(_predict(model, inputs, batch_size))
     out.service = [next(face_labels) if ok else NO_FACE for ok in has_face]
     return out
 
 
-def _predict(model: OnnxClassifier, images: list[Image.Image], batch_size: int) -> list[str]:
+def _predict(model: OnnxClassifier, inputs: list[np.ndarray], batch_size: int) -> list[str]:
     labels: list[str] = []
-    for start in range(0, len(images), batch_size):
-        probs = model.predict_images(images[start:start + batch_size])
+    for start in range(0, len(inputs), batch_size):
+        probs = model.probabilities(np.stack(inputs[start:start + batch_size]))
         labels += [model.classes[k] for k in probs.argmax(axis=1)]
     return labels
 
@@ -125,6 +131,7 @@ def score_set(pred: Predictions, fold: dict[str, str]) -> dict[str, Any]:
         "n": n, "skipped": dict(pred.skipped),
         "per_class": dict(sorted(Counter(pred.labels).items())),
         "found_rate": found / n if n else float("nan"),
+        "taken_whole": pred.whole_image_faces,
         "service": metrics(pred.labels, pred.service) if n else {},
         "whole": metrics(pred.labels, pred.whole) if n else {},
     }

@@ -31,6 +31,9 @@ class FaceSettings:
     max_faces: int = 20
     scale_factor: float = 0.709  # MTCNN: pyramid step (``faces.mtcnn``)
     threads: int = 1  # MTCNN: threads one photo's detection is shared between
+    #: an upload no larger than this (longer side, px) in which no face is found is taken as a
+    #: face crop and classified whole; 0 = never (``faces.whole_image_max_side``)
+    whole_image_max_side: int = 0
 
     @classmethod
     def from_params(cls, params: Params) -> FaceSettings:
@@ -47,6 +50,8 @@ class FaceSettings:
             scale_factor=s.number("mtcnn.scale_factor", low=0.5, high=0.9,
                                   default=cls.scale_factor),
             threads=s.integer("mtcnn.threads", low=1, default=cls.threads),
+            whole_image_max_side=s.integer("whole_image_max_side", low=0,
+                                           default=cls.whole_image_max_side),
         )
 
     def detector_options(self) -> dict[str, Any]:

@@ -50,6 +50,11 @@ def find_faces(image: Image.Image, mode: str, settings: FaceSettings,
     ``faces``: every detected face up to ``settings.max_faces``, eyes levelled and cut square
     with ``settings.margin`` (:func:`emorec.faces.align_crop`). ``cropped``: the whole image is the
     face, boxed as ``[0, 0, width, height]``. A (near) flat image yields no face in both modes.
+
+    An upload already cropped to a face often has too little head around it for a detector
+    (MTCNN finds three in four of FER2013's 48 px crops). When nothing is found in an image no
+    larger than ``settings.whole_image_max_side``, the image is taken as that crop: one face
+    boxed as the whole image, with detection score 0 to say that no detector found it.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -60,6 +65,9 @@ def find_faces(image: Image.Image, mode: str, settings: FaceSettings,
         height, width = rgb.shape[:2]
         return FoundFaces([Face((0, 0, width, height), 1.0)], [preprocess(Image.fromarray(rgb))])
     faces = thread_detector(settings).detect(rgb)[:settings.max_faces]
+    if not faces and max(rgb.shape[:2]) <= settings.whole_image_max_side:
+        height, width = rgb.shape[:2]
+        return FoundFaces([Face((0, 0, width, height), 0.0)], [preprocess(Image.fromarray(rgb))])
     crops = [align_crop(rgb, face, settings.margin).image for face in faces]
     return FoundFaces(faces, [preprocess(crop) for crop in crops])
 
