@@ -45,8 +45,9 @@ def ferplus_tree(root: Path, rows: dict[str, list[tuple[int, list[int]]]]) -> No
         (root / folder / "label.csv").write_text("\n".join(lines) + "\n")
 
 
-def sources_params(params_raw: dict, sources: list[dict]) -> Params:
-    params_raw["classes"] = CLASSES
+def sources_params(params_raw: dict, sources: list[dict], classes: list[str] = CLASSES
+                   ) -> Params:
+    params_raw["classes"] = classes
     params_raw["data"]["source"] = "sources"
     params_raw["data"]["sources"] = sources
     return Params(params_raw)
@@ -161,3 +162,31 @@ def test_bad_source_entries_name_the_key(params_raw, tmp_path):
             run_ingest(sources_params(params_raw, [entry]), tmp_path / "i", tmp_path / "r.json")
     with pytest.raises(ParamsError, match="unique"):
         run_ingest(sources_params(params_raw, [base, base]), tmp_path / "i", tmp_path / "r.json")
+
+
+def test_service_path_crops_with_fallback_to_the_dataset_image(params_raw, tmp_path):
+    """face_crop: fallback crops a photo as the service does and keeps a crop it finds no
+    face in as it is, counting it; face_crop: true rejects that one as no_face."""
+    from facephotos import PHOTOS
+
+    root = tmp_path / "photos"
+    save(Image.fromarray(PHOTOS["astronaut"]), root / "happy" / "astronaut.png")
+    save(face(11, 64), root / "sad" / "noise.png")  # no face to find: the dataset's own crop
+    entry = {"name": "photos", "reader": "folder", "path": str(root), "split": "stratified",
+             "face_crop": "fallback"}
+    report = run_ingest(sources_params(params_raw, [entry], ["happy", "sad"]), tmp_path / "i",
+                        tmp_path / "r.json")
+    stats = report["sources"]["photos"]
+    assert stats["accepted"] == 2 and stats["face_fallbacks"] == 1
+    manifest = pd.read_csv(tmp_path / "i" / "manifest.csv")
+    crop = Image.open(manifest.loc[manifest["label"] == "happy", "path"].iloc[0])
+    assert crop.size[0] == crop.size[1] < 200  # the face, square, not the 512 px photo
+    kept = Image.open(manifest.loc[manifest["label"] == "sad", "path"].iloc[0])
+    assert kept.size == (64, 64)
+
+    entry["face_crop"] = True
+    with pytest.raises(Exception, match="no accepted images"):  # sad lost its only image
+        run_ingest(sources_params(params_raw, [entry], ["happy", "sad"]), tmp_path / "j",
+                   tmp_path / "s.json")
+    rejected = json.loads((tmp_path / "s.json").read_text())["sources"]["photos"]
+    assert rejected["rejected_by_reason"] == {"no_face": 1}
