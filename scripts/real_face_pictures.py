@@ -14,12 +14,15 @@ few faces are written as pictures, never the dataset.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from emorec.hardware import cpu_info, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             "--no-progress")
         run("explain", ws, "--test-csv", str(csv), "--out-dir", str(out / "xai"),
             "--metrics", str(out / "xai.json"))
+    xai = json.loads((out / "xai.json").read_text())  # its s/image figures name their CPU
+    xai["hardware"] = describe(cpu_info())
+    (out / "xai.json").write_text(json.dumps(xai, indent=2) + "\n")
     print(f"{out}: confusion, reliability and XAI gallery of {len(mine)} {args.source} test "
           "faces")
     return 0

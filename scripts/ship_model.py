@@ -23,7 +23,7 @@ from emorec.publish import CardInputs, render_card
 from emorec.shipping import choose_by_validation, cross_corpus_table, package, run_report
 
 
-def card(workspace: Path, report: dict, name: str) -> str:
+def card(workspace: Path, report: dict, name: str, pictures: Path) -> str:
     """The Hub card of the run, plus its data sources and the cross-corpus table."""
     params = load_params(workspace / "params.yaml")
     reports = workspace / "reports"
@@ -47,6 +47,12 @@ def card(workspace: Path, report: dict, name: str) -> str:
         lines += ["", "## Cross-corpus (through the service's detect-align-crop path)", "",
                   f"{cross['path']}; no face found counts as wrong. Measured on "
                   f"{cross['hardware']}.", "", *cross_corpus_table(cross)]
+    if (pictures / "xai/comparison.png").is_file():
+        up = Path("../..") / pictures  # the card lives in models/<name>/
+        lines += ["", "## Real faces (FER+ Test)", "",
+                  f"![Grad-CAM, Grad-CAM++, SHAP and LIME]({up}/xai/comparison.png)", "",
+                  f"![Confusion matrix]({up}/evaluate/confusion.png) "
+                  f"![Reliability diagram]({up}/evaluate/reliability.png)"]
     lines += ["", "## Fine-tune from these weights", "", "```yaml",
               f"train.pretrained: models/{name}/weights.fp16.safetensors   # params.yaml",
               "```", ""]
@@ -71,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="DVC workspace of the finished run (params.yaml, models/, reports/)")
     parser.add_argument("--choose", nargs="*", type=Path, default=[], metavar="FOLDER",
                         help="other shipped model folders to compare on the run's val split")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="JSON",
+                        help="another model's cross_corpus report on the same sets, shown beside")
+    parser.add_argument("--pictures", type=Path, default=Path("reports/real_faces"),
+                        help="scripts/real_face_pictures.py output the card links to, if there")
     parser.add_argument("--set-default", action="store_true",
                         help="write the chosen folder into params.yaml serve.shipped_model")
     args = parser.parse_args(argv)
@@ -84,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     dest = Path("models") / args.name
     files = package(ws, dest)
     report = run_report(ws, args.name) | {"files": files}
-    (dest / "README.md").write_text(card(ws, report, args.name))
+    if args.baseline is not None:
+        report["cross_corpus_baseline"] = json.loads(args.baseline.read_text()) | {
+            "report": str(args.baseline)}
+    (dest / "README.md").write_text(card(ws, report, args.name, args.pictures))
     out = Path("reports") / f"{args.name}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{dest}: {', '.join(files)}; figures in {out}")
