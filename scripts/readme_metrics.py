@@ -36,6 +36,7 @@ from readme_sections.real_data import (  # noqa: E402
     render_losses,
     render_model_choice,
     render_multisource,
+    render_real_faces,
 )
 from readme_sections.serving import (  # noqa: E402, F401 (serve_*: the tests render them)
     render_detectors,
@@ -55,6 +56,7 @@ MULTI_START, MULTI_END = "<!-- multisource:start -->", "<!-- multisource:end -->
 ABL_START, ABL_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 CHOICE_START, CHOICE_END = "<!-- model_choice:start -->", "<!-- model_choice:end -->"
 CURVE_START, CURVE_END = "<!-- learning_curve:start -->", "<!-- learning_curve:end -->"
+REAL_START, REAL_END = "<!-- real_faces:start -->", "<!-- real_faces:end -->"
 #: Published FER2013 PrivateTest accuracies (7 classes) the real-data section compares with.
 EXTRA_REPORTS = {"synth": "synth/status.json", "quantize": "quantize.json",
                  "serve_load": "bench/serve_load.json", "serve_soak": "bench/serve_soak.json",
@@ -132,6 +134,7 @@ OPTIONAL_SECTIONS = (
     ("ablation.json", render_ablation, ABL_START, ABL_END),
     ("model_choice.json", render_model_choice, CHOICE_START, CHOICE_END),
     ("learning_curve.json", render_learning_curve, CURVE_START, CURVE_END),
+    ("real_faces/xai.json", render_real_faces, REAL_START, REAL_END),
 )
 
 
