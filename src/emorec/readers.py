@@ -81,7 +81,7 @@ def demo_candidates(params: Params) -> Iterator[Candidate]:
             for image_id, label, pixels in faces)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_")[:40] or "img"
 
 
@@ -104,7 +104,7 @@ def _walk_folder(root: Path, classes: list[str], aliases: dict[str, str | None]
         folder = rel.parts[0] if len(rel.parts) > 1 else ""
         label = folder if folder in classes else aliases.get(folder)
         digest = hashlib.sha1(rel.as_posix().encode()).hexdigest()[:8]
-        yield Candidate(f"{_slug(path.stem)}-{digest}", "folder", str(path), label,
+        yield Candidate(f"{slug(path.stem)}-{digest}", "folder", str(path), label,
                         folder or "<no class folder>", path.read_bytes, path.suffix.lower())
 
 
@@ -146,7 +146,7 @@ def fer2013_candidates(params: Params) -> Iterator[Candidate]:
     path = params.existing_path("data.fer2013.path")
     mapping = fer_map(params)
     if path.is_dir():
-        return _fer_folder(path, mapping)
+        return fer_folder(path, mapping)
     try:
         frame = pd.read_csv(path, dtype={"pixels": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -154,7 +154,7 @@ def fer2013_candidates(params: Params) -> Iterator[Candidate]:
     missing = [c for c in ("emotion", "pixels") if c not in frame.columns]
     if missing:
         raise DataError(f"{path} lacks columns {missing} (expected emotion,pixels,Usage)")
-    return _fer_rows(path, frame, mapping)
+    return fer_rows(path, frame, mapping)
 
 
 def _usage_rank(usage: str) -> int:
@@ -169,7 +169,7 @@ def _fer_label(code: int | None, raw: str, mapping: dict[int, str | None]
     return mapping.get(code), FER2013_CODES.get(code, raw)
 
 
-def _fer_rows(path: Path, frame: pd.DataFrame, mapping: dict[int, str | None]
+def fer_rows(path: Path, frame: pd.DataFrame, mapping: dict[int, str | None]
               ) -> Iterator[Candidate]:
     usage = frame["Usage"] if "Usage" in frame.columns else pd.Series("", index=frame.index)
     usages = usage.astype(object).where(usage.notna(), "").astype(str).str.strip()
@@ -185,7 +185,7 @@ def _fer_rows(path: Path, frame: pd.DataFrame, mapping: dict[int, str | None]
                         lambda pixels=pixels: _fer_pixels(pixels), usage=usages.iat[row])
 
 
-def _fer_folder(root: Path, mapping: dict[int, str | None]) -> Iterator[Candidate]:
+def fer_folder(root: Path, mapping: dict[int, str | None]) -> Iterator[Candidate]:
     """Kaggle's layout: the class is the parent folder's name, the split the file-name prefix."""
     codes = {name: code for code, name in FER2013_CODES.items()}
     files = [p for p in root.rglob("*") if p.is_file()]
@@ -195,7 +195,7 @@ def _fer_folder(root: Path, mapping: dict[int, str | None]) -> Iterator[Candidat
         label, raw = _fer_label(codes.get(folder), folder, mapping)
         rel = path.relative_to(root).as_posix()
         digest = hashlib.sha1(rel.encode()).hexdigest()[:8]
-        yield Candidate(f"fer2013-{_slug(path.stem)}-{digest}", "fer2013", str(path), label, raw,
+        yield Candidate(f"fer2013-{slug(path.stem)}-{digest}", "fer2013", str(path), label, raw,
                         path.read_bytes, path.suffix.lower(), usage=usage_of[path])
 
 

@@ -39,7 +39,7 @@ from emorec.ferplus import FOLDERS as FERPLUS_FOLDERS
 from emorec.ferplus import ferplus_candidates
 from emorec.labels import FER2013_CODES
 from emorec.quality import near_duplicate_pairs, pack_hashes, perceptual_hash
-from emorec.readers import Candidate, _fer_folder, _fer_rows, _slug
+from emorec.readers import Candidate, fer_folder, fer_rows, slug
 
 READERS = ("folder", "fer2013", "ferplus")
 SPLIT_RULES = ("predefined", "stratified")
@@ -169,7 +169,7 @@ def _folder(spec: SourceSpec, classes: list[str]) -> Iterator[Candidate]:
         label = spec.map.get(raw) if spec.map is not None else (raw if raw in classes else None)
         rel = path.relative_to(root).as_posix()
         digest = hashlib.sha1(rel.encode()).hexdigest()[:8]
-        yield Candidate(f"{_slug(path.stem)}-{digest}", "folder", str(path), label, raw,
+        yield Candidate(f"{slug(path.stem)}-{digest}", "folder", str(path), label, raw,
                         path.read_bytes, path.suffix.lower(), usage=usage)
 
 
@@ -184,9 +184,9 @@ def _fer2013(spec: SourceSpec) -> Iterator[Candidate]:
             raise ParamsError(f"data.sources {spec.name} map", f"keys are FER2013 codes 0-6 or "
                                                               f"names, got {raw!r}") from err
     if spec.path.is_dir():
-        return _fer_folder(spec.path, mapping)
+        return fer_folder(spec.path, mapping)
     import pandas as pd  # only a CSV source needs it
-    return _fer_rows(spec.path, pd.read_csv(spec.path, dtype={"pixels": str}), mapping)
+    return fer_rows(spec.path, pd.read_csv(spec.path, dtype={"pixels": str}), mapping)
 
 
 def merged_candidates(specs: list[SourceSpec], classes: list[str]) -> list[Candidate]:
