@@ -57,7 +57,10 @@ def summarise(workspace: Path, row: dict[str, Any], seconds: float) -> dict[str,
                 "whole_accuracy": entry["whole"]["accuracy"],
                 "whole_balanced_accuracy": entry["whole"]["balanced_accuracy"]}
 
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workspace, capture_output=True,
+                            text=True).stdout.strip()
     return {"adds": row["adds"], "sources": row["sources"], "wall_time_s": round(seconds),
+            "commit": commit or None,
             "test": {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"],
                      "by_source": test.get("by_source")},
             "sets": {name: brief(entry) for name, entry in cross["sets"].items()}}

@@ -41,6 +41,9 @@ def people_split(manifest: pd.DataFrame, pattern: str, test_share: float, seed: 
     regex = re.compile(pattern)
     person = manifest["path"].map(lambda p: (regex.search(Path(p).name) or [None, "?"])[1])
     people = sorted(set(person))
+    if len(people) < 2:
+        raise SystemExit(f"error: --group {pattern!r} finds {len(people)} person(s) in the file "
+                         "names (ingest names files <source>-<original name>-<hash>.png)")
     rng = np.random.default_rng(seed)
     test_people = set(rng.choice(people, size=max(1, round(test_share * len(people))),
                                  replace=False))
@@ -89,6 +92,7 @@ def train_and_score(work: Path, params: dict[str, Any], train: pd.DataFrame, tes
 
 def plot(report: dict[str, Any], out: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -97,9 +101,11 @@ def plot(report: dict[str, Any], out: Path) -> None:
     for start, style in (("scratch", "o--"), ("pretrained", "o-")):
         ns = [int(n) for n in report["curve"]]
         ax.plot(ns, [100 * report["curve"][str(n)][start]["balanced_accuracy"] for n in ns],
-                style, label="from scratch" if start == "scratch" else "from shipped weights")
+                style, label="from scratch" if start == "scratch" else
+                f"from {Path(report['weights']).name}")
     ax.set_xscale("log")
     ax.set_xticks(ns, [str(n) for n in ns])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("labelled images per class")
     ax.set_ylabel("balanced accuracy on unseen people (%)")
     ax.set_title(f"Fine-tuning on {report['source']}", fontsize=10)
@@ -117,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, required=True,
                         help="ingest manifest.csv of the new source's face crops")
     parser.add_argument("--source", default=None, help="keep only this manifest source")
-    parser.add_argument("--group", default=r"^(\d{2})", help="person id regex (group 1)")
+    parser.add_argument("--group", default=r"^[^-]+-(\d{2})",
+                        help="person id regex, group 1, on the ingested file name "
+                             "(<source>-<original name>-<hash>.png; default: TFEID's performer)")
     parser.add_argument("--per-class", type=int, nargs="+", default=[5, 10, 20, 40])
     parser.add_argument("--test-share", type=float, default=0.3)
     parser.add_argument("--epochs", type=int, default=15)
