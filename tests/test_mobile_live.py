@@ -115,7 +115,10 @@ def live_page(server, tmp_path_factory):  # noqa: F811 - the imported fixture
         page.errors, page.requests = [], []
         page.on("pageerror", lambda err: page.errors.append(str(err)))
         page.on("request", lambda req: page.requests.append(req.url))
-        page.goto(f"{server}/?model={TEST_MODEL_PREFIX}&sw=0"
+        # EMOREC_LIVE_BUNDLED=1: the app's own bundled model (mobile/public/model, the shipped
+        # one after `make repro`) instead of the tiny stand-in, to measure what users run
+        model = "" if os.environ.get("EMOREC_LIVE_BUNDLED") else f"model={TEST_MODEL_PREFIX}&"
+        page.goto(f"{server}/?{model}sw=0"
                   + (f"&tfjs={os.environ['EMOREC_TFJS']}" if os.environ.get("EMOREC_TFJS") else ""))
         page.evaluate("window.emorec.ready.then(() => true)")
         page.truths = truths
@@ -177,7 +180,7 @@ def test_live_mode_boxes_and_classifies_every_face(live_page, server):  # noqa: 
     # The same two faces were followed from frame to frame (their probabilities are smoothed).
     assert {t["id"] for t in stats["tracks"]} == {t["id"] for t in first["tracks"]}
     bars = page.eval_on_selector_all("#bars li", "rows => rows.map(r => r.dataset.class)")
-    assert len(bars) == 6
+    assert len(bars) == page.evaluate("window.emorec.ready.then((r) => r.classes.length)")
     assert "fps" in page.text_content("#fps")
     # blob: URLs are the wasm backend's thread workers, made by the page itself.
     elsewhere = [url for url in page.requests if not url.startswith((server, "blob:"))]
@@ -197,8 +200,11 @@ def test_live_mode_boxes_and_classifies_every_face(live_page, server):  # noqa: 
                 (stats["msModelTotal"] - first["msModelTotal"]) / frames, 1),
             "measured_frames": frames, "faces": stats["faces"], "frame": [WIDTH, HEIGHT],
             "camera_fps": FPS,
-            "emotion_model": "the test's tiny INT8 stand-in, "
-            f"{page.evaluate('window.emorec.ready.then((r) => r.size)')} px input",
+            "emotion_model": ("the app's bundled INT8 model (mobile/public/model), "
+                              if os.environ.get("EMOREC_LIVE_BUNDLED") else
+                              "the test's tiny INT8 stand-in, ")
+            + f"{page.evaluate('window.emorec.ready.then((r) => r.size)')} px input, "
+            f"{page.evaluate('window.emorec.ready.then((r) => r.classes.length)')} classes",
             "detector": "face-api TinyFaceDetector (inputSize "
             f"{page.evaluate('window.emorec.live.options.inputSize')})",
             "tfjs_backend": stats["backend"],
