@@ -190,3 +190,14 @@ def test_service_path_crops_with_fallback_to_the_dataset_image(params_raw, tmp_p
                    tmp_path / "s.json")
     rejected = json.loads((tmp_path / "s.json").read_text())["sources"]["photos"]
     assert rejected["rejected_by_reason"] == {"no_face": 1}
+
+
+def test_a_fer2013_source_csv_without_its_columns_is_one_clear_error(params_raw, tmp_path):
+    from emorec.errors import DataError
+
+    csv = tmp_path / "fer.csv"
+    csv.write_text("label,image\n0,1 2 3\n")
+    entry = {"name": "fer", "reader": "fer2013", "path": str(csv), "split": "stratified",
+             "map": {"angry": "angry"}}
+    with pytest.raises(DataError, match="lacks columns"):
+        run_ingest(sources_params(params_raw, [entry]), tmp_path / "i", tmp_path / "r.json")

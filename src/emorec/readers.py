@@ -143,8 +143,11 @@ def _fer_pixels(text: Any) -> Image.Image | bytes:
 
 def fer2013_candidates(params: Params) -> Iterator[Candidate]:
     """Candidates from FER2013 as a CSV or as Kaggle's image folders, labels via the map."""
-    path = params.existing_path("data.fer2013.path")
-    mapping = fer_map(params)
+    return fer2013_at(params.existing_path("data.fer2013.path"), fer_map(params))
+
+
+def fer2013_at(path: Path, mapping: dict[int, str | None]) -> Iterator[Candidate]:
+    """FER2013 at ``path``: Kaggle's image folders, or the CSV (checked for its columns)."""
     if path.is_dir():
         return fer_folder(path, mapping)
     try:

@@ -39,7 +39,7 @@ from emorec.ferplus import FOLDERS as FERPLUS_FOLDERS
 from emorec.ferplus import ferplus_candidates
 from emorec.labels import FER2013_CODES
 from emorec.quality import near_duplicate_pairs, pack_hashes, perceptual_hash
-from emorec.readers import Candidate, fer_folder, fer_rows, slug
+from emorec.readers import Candidate, fer2013_at, slug
 
 READERS = ("folder", "fer2013", "ferplus")
 SPLIT_RULES = ("predefined", "stratified")
@@ -183,10 +183,7 @@ def _fer2013(spec: SourceSpec) -> Iterator[Candidate]:
         except ValueError as err:
             raise ParamsError(f"data.sources {spec.name} map", f"keys are FER2013 codes 0-6 or "
                                                               f"names, got {raw!r}") from err
-    if spec.path.is_dir():
-        return fer_folder(spec.path, mapping)
-    import pandas as pd  # only a CSV source needs it
-    return fer_rows(spec.path, pd.read_csv(spec.path, dtype={"pixels": str}), mapping)
+    return fer2013_at(spec.path, mapping)
 
 
 def merged_candidates(specs: list[SourceSpec], classes: list[str]) -> list[Candidate]:
