@@ -21,7 +21,7 @@ import pandas as pd
 from emorec.config import load_params
 from emorec.faces import FaceSettings
 from emorec.inference import OnnxClassifier
-from emorec.real_data import file_sha256, git_commit
+from emorec.provenance import file_sha256, git_commit
 from emorec.service_path import best_margin, detect_split, score
 
 

@@ -12,9 +12,7 @@ model, both figures, like for like with each audience.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import yaml
 
 from emorec.hardware import cpu_info, describe
 from emorec.metrics import classification_metrics
+from emorec.provenance import file_sha256, git_commit, train_wall_time_s
 
 #: How a 7-class FER2013 run maps onto the product's six classes.
 SIX_CLASS_FOLD = {"disgust": "angry"}
@@ -54,27 +53,8 @@ def scores(actual: np.ndarray, predicted: np.ndarray, classes: list[str]) -> dic
             "classes": classes, "confusion": confusion_matrix(actual, predicted, classes)}
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def git_commit(root: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
-
-
 def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
-
-
-def train_wall_time_s(root: Path) -> float:
-    """Sum of the epoch times dvclive logged (training only, validation excluded)."""
-    table = pd.read_csv(root / "reports/train/plots/metrics/time/epoch_s.tsv", sep="\t")
-    return float(table["epoch_s"].sum())
 
 
 def build_report(root: Path = Path("."), fold: Mapping[str, str] = SIX_CLASS_FOLD

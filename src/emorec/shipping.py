@@ -13,10 +13,8 @@ the sources, so that FER2013's 3,500 validation faces do not outvote a lab set's
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import yaml
 from emorec.evaluation import metrics_by_source
 from emorec.hardware import cpu_info, describe
 from emorec.inference import OnnxClassifier, preprocess_files
+from emorec.provenance import file_sha256, git_commit
 from emorec.weights import export_weights
 
 #: what a shipped model folder holds (``weights.fp16.json`` is the safetensors sidecar)
@@ -38,15 +37,6 @@ def _json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def git_commit(root: Path) -> str | None:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
-    return proc.stdout.strip() or None
-
-
 def package(workspace: Path, dest: Path) -> dict[str, str]:
     """Copy the run's INT8 model and label map into ``dest`` and export its fp16 weights.
 
@@ -56,7 +46,7 @@ def package(workspace: Path, dest: Path) -> dict[str, str]:
     shutil.copyfile(workspace / "models/model.int8.onnx", dest / "model.int8.onnx")
     shutil.copyfile(workspace / "data/processed/label_map.json", dest / "label_map.json")
     export_weights(workspace / "models/best.pt", dest / "weights.fp16.safetensors")
-    return {name: _sha256(dest / name) for name in FILES[:-1]}
+    return {name: file_sha256(dest / name) for name in FILES[:-1]}
 
 
 def run_report(workspace: Path, name: str) -> dict[str, Any]:
