@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -21,6 +22,15 @@ CLASSES7 = ["angry", "disgust", "fearful", "happy", "neutral", "sad", "surprised
 def write(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+
+
+def readme_tool():
+    """scripts/readme_metrics.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("readme_metrics",
+                                                  REPO / "scripts/readme_metrics.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
 
 
 @pytest.fixture
@@ -86,12 +96,7 @@ def test_script_writes_json_and_fails_cleanly_without_a_run(workspace, tmp_path)
 
 
 def test_readme_section_renders_the_record_beside_the_anchors(workspace):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("readme_metrics",
-                                                  REPO / "scripts/readme_metrics.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = readme_tool()
     section = tool.render_fer2013(build_report(workspace))
     assert "| emorec, FP32 | 7 | **50.00%** |" in section
     assert "disgust folded into angry | 6 | 83.33%" in section
@@ -99,3 +104,29 @@ def test_readme_section_renders_the_record_beside_the_anchors(workspace):
     readme = "a\n<!-- fer2013:start -->\nSTALE\n<!-- fer2013:end -->\nb\n"
     spliced = tool.splice(readme, section, Path("README.md"), tool.FER_START, tool.FER_END)
     assert "STALE" not in spliced and spliced.startswith("a\n") and spliced.endswith("b\n")
+
+
+def test_a_fine_tune_counts_the_start_weights_training_time(workspace):
+    """Two-stage recipe: the record names the start weights and adds their training time."""
+    weights = workspace / "models/multisource/weights.fp16.safetensors"
+    write(weights, "not read, only hashed")
+    write(workspace / "reports/multisource.json",
+          {"commit": "abc", "train": {"epochs": 20, "wall_time_s": 600.0}})
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["train"]["pretrained"] = "models/multisource/weights.fp16.safetensors"
+    write(workspace / "params.yaml", yaml.safe_dump(params))
+
+    report = build_report(workspace)
+    start = report["start_weights"]
+    assert start["report"] == "reports/multisource.json" and start["epochs"] == 20
+    assert len(start["sha256"]) == 64
+    assert report["train"]["total_wall_time_s"] == pytest.approx(603.5)
+
+    tool = readme_tool()
+    section = tool.render_fer2013(report)
+    assert "from `models/multisource/weights.fp16.safetensors` (20 epochs, 10 min)" in section
+    assert "10 min of training in all" in section
+
+
+def test_a_run_from_scratch_has_no_start_weights(workspace):
+    assert "start_weights" not in build_report(workspace)

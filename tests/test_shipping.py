@@ -8,9 +8,10 @@ import shutil
 import pandas as pd
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
-from emorec.shipping import choose_by_validation, package
+from emorec.shipping import choose_by_validation, package, run_report
 
 
 @pytest.fixture
@@ -51,3 +52,13 @@ def test_choice_averages_balanced_accuracy_over_sources(workspace):
             + a["by_source"]["small"]["balanced_accuracy"]) / 2
     assert a["mean_balanced_accuracy"] == pytest.approx(mean)
     assert choice["chosen"] == "a"  # a tie keeps the first listed
+
+
+def test_run_report_records_the_training_time_a_fine_tune_builds_on(workspace, repo_params_raw):
+    """A later fine-tune from the shipped weights adds this time to its own (two-stage cost)."""
+    (workspace / "params.yaml").write_text(yaml.safe_dump(repo_params_raw))
+    assert run_report(workspace, "shipped")["train"]["wall_time_s"] is None  # not logged here
+    times = workspace / "reports/train/plots/metrics/time/epoch_s.tsv"
+    times.parent.mkdir(parents=True, exist_ok=True)
+    times.write_text("step\tepoch_s\n0\t60.5\n1\t59.5\n")
+    assert run_report(workspace, "shipped")["train"]["wall_time_s"] == pytest.approx(120.0)

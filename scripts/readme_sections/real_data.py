@@ -19,11 +19,20 @@ def render_fer2013(fer: dict[str, Any]) -> str:
     test, six, int8 = fer["test"], fer.get("test_6_class"), fer["int8"]
     minutes = fer["train"]["wall_time_s"] / 60
     gpu = fer["hardware"].get("gpu")
+    start = fer.get("start_weights")
+    if start:  # a fine-tune: both stages' compute counts
+        first = start.get("wall_time_s")
+        schedule = (f"fine-tuned for {fer['train']['epochs']} epochs ({minutes:.0f} min) from "
+                    f"`{start['path']}` ({start.get('epochs') or '?'} epochs, "
+                    + (f"{first / 60:.0f} min); {(first / 60) + minutes:.0f} min of training in "
+                       "all" if first is not None else "training time not recorded)")
+                    + " on ")
+    else:
+        schedule = f"{fer['train']['epochs']} epochs, {minutes:.0f} min of training on "
     lines = [
         f"Official PrivateTest split ({test['n']} images after ingest), never used for tuning; "
         f"model `{fer['params']['train']['model']}` at {fer['params']['image']['size']} px, "
-        f"{fer['train']['epochs']} epochs, {minutes:.0f} min of training on "
-        f"{gpu or fer['hardware']['summary']} ({fer['train']['precision']}); "
+        f"{schedule}{gpu or fer['hardware']['summary']} ({fer['train']['precision']}); "
         f"trained at commit `{(fer.get('train_commit') or fer.get('commit') or '?')[:10]}`, "
         f"scored at `{(fer.get('commit') or '?')[:10]}`, data `{fer['dataset_fingerprint'][:19]}`.",
         "",

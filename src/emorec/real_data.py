@@ -90,12 +90,37 @@ def build_report(root: Path = Path("."), fold: Mapping[str, str] = SIX_CLASS_FOL
                  "accuracy_drop_points": 100 * (quantize["fp32"]["test"]["accuracy"]
                                                 - quantize["int8"]["test"]["accuracy"])},
     }
+    start = start_weights(root, str(params["train"].get("pretrained", "none")))
+    if start:
+        report["start_weights"] = start
+        if start.get("wall_time_s") is not None:
+            report["train"]["total_wall_time_s"] = (report["train"]["wall_time_s"]
+                                                    + start["wall_time_s"])
     folded = [c for c in classes if c not in fold]
     if len(folded) < len(classes):
         report["test_6_class"] = dict(scores(fold_labels(actual, fold),
                                              fold_labels(predicted, fold), folded),
                                       fold=dict(fold))
     return report
+
+
+def start_weights(root: Path, pretrained: str) -> dict[str, Any] | None:
+    """The shipped weights a run fine-tuned from, with the training time they cost.
+
+    A two-stage recipe (``train.pretrained: models/<name>/weights.fp16.safetensors``) spent
+    compute twice; its figure is only honest with both stages counted. The first stage's time
+    comes from ``reports/<name>.json``, written when ``models/<name>/`` was shipped.
+    """
+    path = Path(pretrained)
+    if path.suffix != ".safetensors" or not (root / path).is_file():
+        return None
+    shipped = root / "reports" / f"{path.parent.name}.json"
+    record = _json(shipped) if shipped.is_file() else {}
+    return {"path": pretrained, "sha256": file_sha256(root / path),
+            "report": str(shipped.relative_to(root)) if record else None,
+            "commit": record.get("commit"),
+            "epochs": (record.get("train") or {}).get("epochs"),
+            "wall_time_s": (record.get("train") or {}).get("wall_time_s")}
 
 
 def _ingest_summary(root: Path) -> dict[str, Any]:

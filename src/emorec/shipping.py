@@ -25,7 +25,7 @@ import yaml
 from emorec.evaluation import metrics_by_source
 from emorec.hardware import cpu_info, describe
 from emorec.inference import OnnxClassifier, preprocess_files
-from emorec.provenance import file_sha256, git_commit
+from emorec.provenance import EPOCH_TIMES, file_sha256, git_commit, train_wall_time_s
 from emorec.weights import export_weights
 
 #: what a shipped model folder holds (``weights.fp16.json`` is the safetensors sidecar)
@@ -65,6 +65,8 @@ def run_report(workspace: Path, name: str) -> dict[str, Any]:
                                           "rejected_by_reason", "face_crop", "face_fallbacks")}
                     for s, v in (ingest.get("sources") or {}).items()},
         "train": {"epochs": params["train"]["epochs"],
+                  "wall_time_s": (train_wall_time_s(workspace)
+                                  if (workspace / EPOCH_TIMES).is_file() else None),
                   "best_epoch": (train.get("best") or {}).get("epoch"),
                   "best_val_macro_f1": (train.get("best") or {}).get("val_macro_f1")},
         "test": {k: test.get(k) for k in ("accuracy", "macro_f1", "n_images", "by_source")},
