@@ -30,10 +30,12 @@ def card(workspace: Path, report: dict, name: str, pictures: Path) -> str:
     inputs = CardInputs.from_paths(reports / "metrics/test.json",
                                    reports / "metrics/calibration.json",
                                    reports / "quantize.json", reports / "split.json")
-    lines = [render_card(params, inputs).rstrip(), "", "## Data sources", "",
-             "| source | reader | split | images |", "|---|---|---|---:|"]
-    for source, info in report["sources"].items():
-        lines.append(f"| {source} | {info['reader']} | {info['split']} | {info['accepted']} |")
+    lines = [render_card(params, inputs).rstrip()]
+    if report["sources"]:  # a multi-source run; one source is described by the card itself
+        lines += ["", "## Data sources", "",
+                  "| source | reader | split | images |", "|---|---|---|---:|"]
+        lines += [f"| {source} | {info['reader']} | {info['split']} | {info['accepted']} |"
+                  for source, info in report["sources"].items()]
     by_source = report["test"].get("by_source") or {}
     if by_source:
         lines += ["", "Test split per source (majority labels for FER+):", "",
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="another model's cross_corpus report on the same sets, shown beside")
     parser.add_argument("--pictures", type=Path, default=Path("reports/real_faces"),
                         help="scripts/real_face_pictures.py output the card links to, if there")
+    parser.add_argument("--report", type=Path, default=None, metavar="JSON",
+                        help="where the figures go (default: reports/NAME.json)")
     parser.add_argument("--set-default", action="store_true",
                         help="write the chosen folder into params.yaml serve.shipped_model")
     args = parser.parse_args(argv)
@@ -89,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                if not (ws / p).is_file()]
     if missing:
         print(f"error: {ws} has no finished run (missing {missing}); run "
-              "`python scripts/run_preset.py multisource-cpu` first", file=sys.stderr)
+              "a preset first, e.g. `python scripts/run_preset.py multisource-cpu`",
+              file=sys.stderr)
         return 2
     dest = Path("models") / args.name
     files = package(ws, dest)
@@ -98,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         report["cross_corpus_baseline"] = json.loads(args.baseline.read_text()) | {
             "report": str(args.baseline)}
     (dest / "README.md").write_text(card(ws, report, args.name, args.pictures))
-    out = Path("reports") / f"{args.name}.json"
+    out = args.report or Path("reports") / f"{args.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{dest}: {', '.join(files)}; figures in {out}")
     if args.choose or args.set_default:
