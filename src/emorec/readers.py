@@ -97,15 +97,27 @@ def folder_candidates(params: Params) -> Iterator[Candidate]:
     return _walk_folder(root, classes, aliases)
 
 
+def folder_files(root: Path) -> Iterator[tuple[Path, tuple[str, ...]]]:
+    """Every file under ``root`` in a stable order, with the folders between ``root`` and it."""
+    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
+        yield path, path.relative_to(root).parts[:-1]
+
+
+def folder_candidate(root: Path, path: Path, label: str | None, raw_label: str,
+                     usage: str = "") -> Candidate:
+    """A file read from a folder tree; the id hashes its relative path, so two files of the same
+    name in different folders stay apart."""
+    digest = hashlib.sha1(path.relative_to(root).as_posix().encode()).hexdigest()[:8]
+    return Candidate(f"{slug(path.stem)}-{digest}", "folder", str(path), label, raw_label,
+                     path.read_bytes, path.suffix.lower(), usage=usage)
+
+
 def _walk_folder(root: Path, classes: list[str], aliases: dict[str, str | None]
                  ) -> Iterator[Candidate]:
-    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
-        rel = path.relative_to(root)
-        folder = rel.parts[0] if len(rel.parts) > 1 else ""
+    for path, folders in folder_files(root):
+        folder = folders[0] if folders else ""
         label = folder if folder in classes else aliases.get(folder)
-        digest = hashlib.sha1(rel.as_posix().encode()).hexdigest()[:8]
-        yield Candidate(f"{slug(path.stem)}-{digest}", "folder", str(path), label,
-                        folder or "<no class folder>", path.read_bytes, path.suffix.lower())
+        yield folder_candidate(root, path, label, folder or "<no class folder>")
 
 
 def fer_map(params: Params) -> dict[int, str | None]:

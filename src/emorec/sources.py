@@ -25,7 +25,6 @@ ingest loop, near copies by :func:`cross_source_duplicates` afterwards).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -39,7 +38,7 @@ from emorec.ferplus import FOLDERS as FERPLUS_FOLDERS
 from emorec.ferplus import ferplus_candidates
 from emorec.labels import FER2013_CODES
 from emorec.quality import near_duplicate_pairs, pack_hashes, perceptual_hash
-from emorec.readers import Candidate, fer2013_at, slug
+from emorec.readers import Candidate, fer2013_at, folder_candidate, folder_files
 
 READERS = ("folder", "fer2013", "ferplus")
 SPLIT_RULES = ("predefined", "stratified")
@@ -157,8 +156,7 @@ def _folder(spec: SourceSpec, classes: list[str]) -> Iterator[Candidate]:
     """``path/[<usage>/]<class>/**`` or, with ``label_pattern``, labels from file names."""
     root = spec.path
     pattern = re.compile(spec.label_pattern) if spec.label_pattern else None
-    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
-        parts = path.relative_to(root).parts[:-1]
+    for path, parts in folder_files(root):
         usage = parts[0] if spec.split == "predefined" and parts else ""
         folders = parts[1:] if spec.split == "predefined" else parts
         if pattern is not None:
@@ -167,10 +165,7 @@ def _folder(spec: SourceSpec, classes: list[str]) -> Iterator[Candidate]:
         else:
             raw = folders[0] if folders else "<no class folder>"
         label = spec.map.get(raw) if spec.map is not None else (raw if raw in classes else None)
-        rel = path.relative_to(root).as_posix()
-        digest = hashlib.sha1(rel.encode()).hexdigest()[:8]
-        yield Candidate(f"{slug(path.stem)}-{digest}", "folder", str(path), label, raw,
-                        path.read_bytes, path.suffix.lower(), usage=usage)
+        yield folder_candidate(root, path, label, raw, usage=usage)
 
 
 def _fer2013(spec: SourceSpec) -> Iterator[Candidate]:
