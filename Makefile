@@ -38,7 +38,7 @@ repro: setup
 fer2013: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/run_preset.py fer2013-cpu
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/fer2013_report.py
-	$(BIN)/python scripts/ship_model.py fer2013 --report reports/fer2013_model.json
+	$(BIN)/python scripts/ship_model.py fer2013 --no-weights --report reports/fer2013_model.json
 	$(BIN)/python scripts/fer2013_service_path.py --model models/model.int8.onnx
 	$(BIN)/python scripts/readme_metrics.py
 
@@ -47,7 +47,8 @@ fer2013: setup
 # the served model, and the README.
 multisource: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/run_preset.py multisource-cpu
-	$(BIN)/python scripts/ship_model.py multisource --choose models/fer2013 --set-default
+	$(BIN)/python scripts/ship_model.py multisource --pictures reports/real_faces \
+		--choose models/fer2013 --set-default
 	$(BIN)/python scripts/readme_metrics.py
 
 lint: setup

@@ -14,16 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
-from emorec.config import Params, load_params
+from emorec.config import load_params
 from emorec.publish import CardInputs, render_card
-from emorec.shipping import choose_by_validation, cross_corpus_table, package, run_report
+from emorec.shipping import (
+    cross_corpus_table,
+    package,
+    record_choice,
+    run_report,
+    set_shipped_default,
+)
 
 
-def card(workspace: Path, report: dict, name: str, pictures: Path) -> str:
+def card(workspace: Path, report: dict, name: str, pictures: Path | None) -> str:
     """The Hub card of the run, plus its data sources and the cross-corpus table."""
     params = load_params(workspace / "params.yaml")
     reports = workspace / "reports"
@@ -49,26 +54,27 @@ def card(workspace: Path, report: dict, name: str, pictures: Path) -> str:
         lines += ["", "## Cross-corpus (through the service's detect-align-crop path)", "",
                   f"{cross['path']}; no face found counts as wrong. Measured on "
                   f"{cross['hardware']}.", "", *cross_corpus_table(cross)]
-    if (pictures / "xai/comparison.png").is_file():
+    if pictures is not None and (pictures / "xai/comparison.png").is_file():
         up = Path("../..") / pictures  # the card lives in models/<name>/
         lines += ["", "## Real faces (FER+ Test)", "",
                   f"![Grad-CAM, Grad-CAM++, SHAP and LIME]({up}/xai/comparison.png)", "",
                   f"![Confusion matrix]({up}/evaluate/confusion.png) "
                   f"![Reliability diagram]({up}/evaluate/reliability.png)"]
-    lines += ["", "## Fine-tune from these weights", "", "```yaml",
-              f"train.pretrained: models/{name}/weights.fp16.safetensors   # params.yaml",
-              "```", ""]
-    return "\n".join(lines)
+    if "weights.fp16.safetensors" in report["files"]:
+        lines += ["", "## Fine-tune from these weights", "", "```yaml",
+                  f"train.pretrained: models/{name}/weights.fp16.safetensors   # params.yaml",
+                  "```"]
+    return "\n".join([*lines, ""])
 
 
-def set_default(params_path: Path, folder: str) -> None:
-    """Point ``serve.shipped_model`` at ``folder``, keeping the file's comments."""
-    text = params_path.read_text()
-    new, n = re.subn(r"(?m)^(\s+shipped_model:\s*)\S+", rf"\g<1>{folder}", text)
-    if n != 1:
-        raise SystemExit(f"error: {params_path} has no single serve.shipped_model line")
-    params_path.write_text(new)
-    Params(load_params(params_path).raw)  # still parses
+def report_choice(choice: dict, set_default: bool) -> None:
+    """Print the validation scores and, with ``set_default``, serve the chosen model."""
+    for name, score in choice["candidates"].items():
+        print(f"{name}: mean balanced accuracy over val sources "
+              f"{100 * score['mean_balanced_accuracy']:.1f}%")
+    print(f"chosen: {choice['chosen']}")
+    if set_default:
+        set_shipped_default(Path("params.yaml"), f"models/{choice['chosen']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="other shipped model folders to compare on the run's val split")
     parser.add_argument("--baseline", type=Path, default=None, metavar="JSON",
                         help="another model's cross_corpus report on the same sets, shown beside")
-    parser.add_argument("--pictures", type=Path, default=Path("reports/real_faces"),
-                        help="scripts/real_face_pictures.py output the card links to, if there")
+    parser.add_argument("--pictures", type=Path, default=None, metavar="DIR",
+                        help="scripts/real_face_pictures.py output of this model for the card")
+    parser.add_argument("--no-weights", action="store_true",
+                        help="ship no fp16 safetensors (a model nobody fine-tunes from)")
     parser.add_argument("--report", type=Path, default=None, metavar="JSON",
                         help="where the figures go (default: reports/NAME.json)")
     parser.add_argument("--set-default", action="store_true",
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     dest = Path("models") / args.name
-    files = package(ws, dest)
+    files = package(ws, dest, weights=not args.no_weights)
     report = run_report(ws, args.name) | {"files": files}
     if args.baseline is not None:
         report["cross_corpus_baseline"] = json.loads(args.baseline.read_text()) | {
@@ -110,14 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.choose or args.set_default:
         candidates = {args.name: dest / "model.int8.onnx"}
         candidates |= {f.name: f / "model.int8.onnx" for f in args.choose}
-        choice = choose_by_validation(candidates, ws / "data/processed/val.csv", root=ws)
-        Path("reports/model_choice.json").write_text(json.dumps(choice, indent=2) + "\n")
-        for name, score in choice["candidates"].items():
-            print(f"{name}: mean balanced accuracy over val sources "
-                  f"{100 * score['mean_balanced_accuracy']:.1f}%")
-        print(f"chosen: {choice['chosen']}")
-        if args.set_default:
-            set_default(Path("params.yaml"), f"models/{choice['chosen']}")
+        report_choice(record_choice(candidates, ws), args.set_default)
     return 0
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -62,3 +65,29 @@ def test_run_report_records_the_training_time_a_fine_tune_builds_on(workspace, r
     times.parent.mkdir(parents=True, exist_ok=True)
     times.write_text("step\tepoch_s\n0\t60.5\n1\t59.5\n")
     assert run_report(workspace, "shipped")["train"]["wall_time_s"] == pytest.approx(120.0)
+
+
+def test_package_without_weights_ships_the_model_and_labels_only(workspace, tmp_path):
+    files = package(workspace, tmp_path / "lean", weights=False)
+    assert set(files) == {"model.int8.onnx", "label_map.json"}
+    assert not (tmp_path / "lean/weights.fp16.safetensors").exists()
+
+
+def test_choose_model_script_records_the_choice_and_sets_the_default(workspace, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    cwd = tmp_path / "repo"
+    for name in ("first", "second"):
+        (cwd / "models" / name).mkdir(parents=True)
+        shutil.copyfile(workspace / "models/model.int8.onnx",
+                        cwd / "models" / name / "model.int8.onnx")
+    shutil.copyfile(root / "params.yaml", cwd / "params.yaml")
+    run = subprocess.run([sys.executable, root / "scripts/choose_model.py", "models/first",
+                          "models/second", "--workspace", workspace, "--set-default"],
+                         cwd=cwd, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    choice = json.loads((cwd / "reports/model_choice.json").read_text())
+    assert set(choice["candidates"]) == {"first", "second"} and choice["chosen"] == "first"
+    assert "chosen: first" in run.stdout
+    assert yaml.safe_load((cwd / "params.yaml").read_text())["serve"]["shipped_model"] == (
+        "models/first")
+    assert "# " in (cwd / "params.yaml").read_text()  # the file's comments are kept

@@ -14,6 +14,7 @@ the sources, so that FER2013's 3,500 validation faces do not outvote a lab set's
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from emorec.config import Params, load_params
 from emorec.evaluation import metrics_by_source
 from emorec.hardware import cpu_info, describe
 from emorec.inference import OnnxClassifier, preprocess_files
@@ -37,16 +39,18 @@ def _json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def package(workspace: Path, dest: Path) -> dict[str, str]:
-    """Copy the run's INT8 model and label map into ``dest`` and export its fp16 weights.
+def package(workspace: Path, dest: Path, weights: bool = True) -> dict[str, str]:
+    """Copy the run's INT8 model and label map into ``dest`` and, with ``weights``, export its
+    fp16 weights (22 MB for a resnet18: worth it for a model others fine-tune from).
 
     Returns ``{file name: sha256}``.
     """
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(workspace / "models/model.int8.onnx", dest / "model.int8.onnx")
     shutil.copyfile(workspace / "data/processed/label_map.json", dest / "label_map.json")
-    export_weights(workspace / "models/best.pt", dest / "weights.fp16.safetensors")
-    return {name: file_sha256(dest / name) for name in FILES[:-1]}
+    if weights:
+        export_weights(workspace / "models/best.pt", dest / "weights.fp16.safetensors")
+    return {name: file_sha256(dest / name) for name in FILES[:-1] if (dest / name).is_file()}
 
 
 def run_report(workspace: Path, name: str) -> dict[str, Any]:
@@ -102,6 +106,26 @@ def choose_by_validation(models: dict[str, Path], val_csv: Path, root: Path = Pa
     chosen = max(scores, key=lambda n: scores[n]["mean_balanced_accuracy"])
     return {"rule": "highest mean over sources of balanced accuracy on the val split",
             "val_split": str(val_csv), "candidates": scores, "chosen": chosen}
+
+
+def record_choice(candidates: dict[str, Path], workspace: Path,
+                  out: Path = Path("reports/model_choice.json")) -> dict[str, Any]:
+    """:func:`choose_by_validation` on the run in ``workspace``, written to ``out``."""
+    choice = choose_by_validation(candidates, workspace / "data/processed/val.csv",
+                                  root=workspace)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(choice, indent=2) + "\n")
+    return choice
+
+
+def set_shipped_default(params_path: Path, folder: str) -> None:
+    """Point ``serve.shipped_model`` at ``folder``, keeping the file's comments."""
+    text = params_path.read_text()
+    new, n = re.subn(r"(?m)^(\s+shipped_model:\s*)\S+", rf"\g<1>{folder}", text)
+    if n != 1:
+        raise ValueError(f"{params_path} has no single serve.shipped_model line")
+    params_path.write_text(new)
+    Params(load_params(params_path).raw)  # still parses
 
 
 def cross_corpus_table(report: dict[str, Any], notes: dict[str, str] | None = None) -> list[str]:
