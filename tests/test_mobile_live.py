@@ -242,6 +242,44 @@ def test_live_helpers(live_page):
     assert out["iou"] == pytest.approx(81 / 119)
 
 
+CHOICE_KEY = "emorec.tfjs-backend"
+
+
+def start_live(page, url: str) -> dict:
+    """Open ``url``, start live mode, wait for its first frame; its stats, live mode stopped."""
+    page.goto(url)
+    page.evaluate("window.emorec.ready.then(() => true)")
+    page.evaluate("window.emorec.live.start()")
+    page.wait_for_function("window.emorec.live.stats().frames >= 1", timeout=240_000,
+                           polling=250)
+    stats = page.evaluate("window.emorec.live.stats()")
+    page.evaluate("window.emorec.live.stop()")
+    return stats
+
+
+@pytest.mark.skipif(bool(os.environ.get("EMOREC_TFJS")), reason="a requested backend is not timed")
+def test_live_mode_remembers_the_backend_it_timed(live_page):
+    """Timing every backend costs seconds; the next start on this browser reuses the answer."""
+    page = live_page
+    url = page.url.split("#")[0]
+    page.evaluate(f"localStorage.setItem('{CHOICE_KEY}', '{{not json')")  # unreadable: ignored
+    first = start_live(page, url)
+    assert first["choice"] == "measured" and first["backend"] in first["benchmark"]
+    saved = json.loads(page.evaluate(f"localStorage.getItem('{CHOICE_KEY}')"))
+    assert saved["backend"] == first["backend"] and saved["benchmark"] == first["benchmark"]
+
+    again = start_live(page, url)
+    assert again["choice"] == "remembered" and again["backend"] == first["backend"]
+    assert again["benchmark"] == first["benchmark"]
+    assert "remembered" in page.text_content("#status")
+
+    remeasured = start_live(page, url + "&tfjs=measure")  # the user asks to time again
+    assert remeasured["choice"] == "measured"
+    saved = json.loads(page.evaluate(f"localStorage.getItem('{CHOICE_KEY}')"))
+    assert saved["benchmark"] == remeasured["benchmark"]  # ... and the new answer is kept
+    assert page.errors == []
+
+
 def test_built_site_vendors_the_wasm_binaries_and_is_isolated(tmp_path):
     """`npm run build` copies the wasm binaries next to the app and points the page at them, and
     `npm start` (serve.mjs) serves the site with the COOP/COEP headers threads need."""

@@ -8,7 +8,8 @@
 //   crop=auto|center|none    overrides config.json's crop mode
 //   sw=0                     do not register the service worker (development)
 //   tfjs=wasm|webgl|cpu      TensorFlow.js backend of the live mode's face detector
-//                            (default: the fastest on this device, timed when live mode starts)
+//                            (default: the fastest on this device, timed the first time live
+//                            mode starts and remembered in localStorage; tfjs=measure times again)
 //
 // For tests and tools the page exposes window.emorec = {ready, classifyBlob, last, live}; `last`
 // is the latest result and every result is also dispatched as an `emorec:result` event; `live`
@@ -226,12 +227,19 @@ function setupCamera(app) {
   });
 }
 
+/** `tfjs=` as live-mode options: a backend name, `measure` (time the backends again and
+ * remember the new answer), or nothing (the remembered choice, else time and remember). */
+function liveBackendOptions(tfjs) {
+  if (tfjs && tfjs !== 'measure') return { backend: tfjs };
+  return { storage: window.localStorage, remeasure: tfjs === 'measure' };
+}
+
 /** The live mode: camera stream -> every face, boxed and classified, continuously. */
 function setupLive(app) {
   const video = $('video');
   const live = createLive(app, {
     video, canvas: $('live-view'), fps: $('fps'), renderBars, setStatus,
-  }, query.get('tfjs') ? { backend: query.get('tfjs') } : {});
+  }, liveBackendOptions(query.get('tfjs')));
   let stream = null;
   const start = async () => {
     if (!navigator.mediaDevices?.getUserMedia) {

@@ -103,10 +103,47 @@ async function benchmarkBackends(tf, detect, input, names) {
   return ms;
 }
 
+// The timed choice is remembered per browser (localStorage, keyed by the user agent, so a browser
+// update measures again): timing every backend costs seconds at each start, the answer rarely
+// changes on one device. `tfjs=measure` times again and remembers the new answer.
+const CHOICE_KEY = 'emorec.tfjs-backend';
+
+function rememberedChoice(storage) {
+  try {
+    const saved = JSON.parse(storage?.getItem(CHOICE_KEY) || 'null');
+    return saved && saved.userAgent === navigator.userAgent ? saved : null;
+  } catch (err) {
+    return null; // unreadable (storage disabled, or not ours): measure
+  }
+}
+
+function rememberChoice(storage, backend, benchmark) {
+  try {
+    storage?.setItem(CHOICE_KEY, JSON.stringify({
+      backend, benchmark, userAgent: navigator.userAgent, at: new Date().toISOString(),
+    }));
+  } catch (err) {
+    console.warn('live: cannot remember the backend choice', err); // private mode, quota
+  }
+}
+
+/** The backend a remembered choice names, if it still initialises and runs the detector. */
+async function tryRemembered(tf, detect, sample, saved) {
+  try {
+    if (!saved || !(await tf.setBackend(saved.backend))) return false;
+    await detect(sample);
+    return true;
+  } catch (err) {
+    console.warn(`live: remembered backend ${saved.backend} failed, timing again`, err);
+    return false;
+  }
+}
+
 /**
  * Load the Tiny Face Detector and pick its TensorFlow.js backend: `options.backend` when given,
- * else the fastest on `sample` (a camera frame). Returns {detect, backend, benchmark (median ms
- * per backend), wasm ({simd, threads} when on wasm), msChoice (time the choice took)}.
+ * else the one remembered for this browser, else the fastest on `sample` (a camera frame).
+ * Returns {detect, backend, choice ('requested', 'remembered' or 'measured'), benchmark (median
+ * ms per backend), wasm ({simd, threads} when on wasm), msChoice (time the choice took)}.
  */
 async function loadDetector(urls, options, sample) {
   const faceapi = await import('@vladmandic/face-api');
@@ -123,12 +160,19 @@ async function loadDetector(urls, options, sample) {
     .map((d) => ({ x: d.box.x, y: d.box.y, width: d.box.width, height: d.box.height,
       score: d.score }));
   let benchmark = null;
+  let choice = 'requested';
   const t0 = performance.now();
-  if (!options.backend) {
+  const saved = options.backend || options.remeasure ? null : rememberedChoice(options.storage);
+  if (saved && await tryRemembered(tf, detect, sample, saved)) {
+    ({ benchmark } = saved);
+    choice = 'remembered';
+  } else if (!options.backend) {
     benchmark = await benchmarkBackends(tf, detect, sample, BACKENDS);
     const [fastest] = Object.entries(benchmark).sort((a, b) => a[1] - b[1])[0] || [];
     if (!fastest) throw new Error('no TensorFlow.js backend could run the face detector');
     await tf.setBackend(fastest);
+    rememberChoice(options.storage, fastest, benchmark);
+    choice = 'measured';
   }
   await tf.ready();
   const backend = tf.getBackend();
@@ -137,8 +181,9 @@ async function loadDetector(urls, options, sample) {
     threads: tf.getThreadsCount(),
   } : null;
   const msChoice = performance.now() - t0;
-  console.info('live: face detector on', backend, wasm || '', 'benchmark ms', benchmark);
-  return { detect, backend, benchmark, wasm, msChoice };
+  console.info('live: face detector on', backend, `(${choice})`, wasm || '', 'benchmark ms',
+    benchmark);
+  return { detect, backend, choice, benchmark, wasm, msChoice };
 }
 
 /** Model inputs of several crops of one frame as a single [N, 1, S, S] batch. */
@@ -190,7 +235,8 @@ export function createLive(app, ui, overrides = {}) {
   // msDetect/msModel are the last frame's; the *Total sums and `time` (end of the last frame)
   // let a caller average over any span of frames.
   const stats = {
-    frames: 0, fps: 0, faces: 0, tracks: [], backend: null, wasm: null, benchmark: null,
+    frames: 0, fps: 0, faces: 0, tracks: [], backend: null, choice: null, wasm: null,
+    benchmark: null,
     msChoice: 0, msDetect: 0, msModel: 0, msDetectTotal: 0, msModelTotal: 0, time: 0,
   };
 
@@ -267,13 +313,14 @@ export function createLive(app, ui, overrides = {}) {
   return {
     async start() {
       if (!detector) {
-        ui.setStatus('Loading the face detector and timing it on each backend…');
+        ui.setStatus(options.backend ? 'Loading the face detector…'
+          : 'Loading the face detector (timing each backend the first time)…');
         // The backends are timed on a camera frame: the work live mode will do.
         grabFrame();
         detector = await loadDetector(app.urls, options, frame);
         Object.assign(stats, {
-          backend: detector.backend, wasm: detector.wasm, benchmark: detector.benchmark,
-          msChoice: detector.msChoice,
+          backend: detector.backend, choice: detector.choice, wasm: detector.wasm,
+          benchmark: detector.benchmark, msChoice: detector.msChoice,
         });
       }
       running = true;
@@ -282,7 +329,7 @@ export function createLive(app, ui, overrides = {}) {
       const wasm = stats.wasm
         ? ` (${stats.wasm.simd ? 'SIMD' : 'no SIMD'}, ${stats.wasm.threads} thread(s))` : '';
       ui.setStatus(`Live: face detector on TensorFlow.js ${stats.backend}${wasm}, `
-        + 'model on onnxruntime-web.');
+        + `${stats.choice}, model on onnxruntime-web.`);
       loop().catch((err) => console.error(err));
     },
     stop() {
