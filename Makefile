@@ -38,7 +38,8 @@ repro: setup
 fer2013: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/run_preset.py fer2013-cpu
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/fer2013_report.py
-	$(BIN)/python scripts/ship_model.py fer2013 --no-weights --report reports/fer2013_model.json
+	$(BIN)/python scripts/ship_model.py fer2013 --no-weights --fer2013 reports/fer2013.json \
+		--report reports/fer2013_model.json
 	$(BIN)/python scripts/fer2013_service_path.py --model models/model.int8.onnx
 	$(BIN)/python scripts/readme_metrics.py
 

@@ -28,14 +28,18 @@ from emorec.shipping import (
 )
 
 
-def card(workspace: Path, report: dict, name: str, pictures: Path | None) -> str:
+def card(workspace: Path, report: dict, name: str, pictures: Path | None,
+         fer2013: Path | None = None) -> str:
     """The Hub card of the run, plus its data sources and the cross-corpus table."""
     params = load_params(workspace / "params.yaml")
     reports = workspace / "reports"
     inputs = CardInputs.from_paths(reports / "metrics/test.json",
                                    reports / "metrics/calibration.json",
-                                   reports / "quantize.json", reports / "split.json")
-    lines = [render_card(params, inputs).rstrip()]
+                                   reports / "quantize.json", reports / "split.json", fer2013)
+    lines = [render_card(params, inputs, files=list(report["files"])).rstrip()]
+    start = (report.get("recipe") or {}).get("train", {}).get("pretrained", "none")
+    if str(start).endswith(".safetensors"):  # a two-stage recipe: say where it started
+        lines += ["", f"Fine-tuned from `{start}` (a model shipped in this repository).", ""]
     if report["sources"]:  # a multi-source run; one source is described by the card itself
         lines += ["", "## Data sources", "",
                   "| source | reader | split | images |", "|---|---|---|---:|"]
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="another model's cross_corpus report on the same sets, shown beside")
     parser.add_argument("--pictures", type=Path, default=None, metavar="DIR",
                         help="scripts/real_face_pictures.py output of this model for the card")
+    parser.add_argument("--fer2013", type=Path, default=None, metavar="JSON",
+                        help="scripts/fer2013_report.py output of this run, for the card")
     parser.add_argument("--no-weights", action="store_true",
                         help="ship no fp16 safetensors (a model nobody fine-tunes from)")
     parser.add_argument("--report", type=Path, default=None, metavar="JSON",
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline is not None:
         report["cross_corpus_baseline"] = json.loads(args.baseline.read_text()) | {
             "report": str(args.baseline)}
-    (dest / "README.md").write_text(card(ws, report, args.name, args.pictures))
+    (dest / "README.md").write_text(card(ws, report, args.name, args.pictures, args.fer2013))
     out = args.report or Path("reports") / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

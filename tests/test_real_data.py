@@ -128,5 +128,16 @@ def test_a_fine_tune_counts_the_start_weights_training_time(workspace):
     assert "10 min of training in all" in section
 
 
+def test_the_record_carries_the_fitted_temperature_when_the_run_has_one(workspace):
+    assert "calibration" not in build_report(workspace)
+    write(workspace / "reports/metrics/calibration.json",
+          {"temperature": 0.95, "test": {"before": {"ece": 0.03}, "after": {"ece": 0.036}}})
+    report = build_report(workspace)
+    assert report["calibration"] == {"temperature": 0.95, "test_ece_before": 0.03,
+                                     "test_ece_after": 0.036}
+    assert "T = 0.95, test ECE 0.030 before and 0.036 after" in readme_tool().render_fer2013(
+        report)
+
+
 def test_a_run_from_scratch_has_no_start_weights(workspace):
     assert "start_weights" not in build_report(workspace)

@@ -87,6 +87,7 @@ def test_choose_model_script_records_the_choice_and_sets_the_default(workspace, 
     assert run.returncode == 0, run.stderr
     choice = json.loads((cwd / "reports/model_choice.json").read_text())
     assert set(choice["candidates"]) == {"first", "second"} and choice["chosen"] == "first"
+    assert choice["val_split"] == "data/processed/val.csv"  # no machine-specific path
     assert "chosen: first" in run.stdout
     assert yaml.safe_load((cwd / "params.yaml").read_text())["serve"]["shipped_model"] == (
         "models/first")

@@ -52,6 +52,11 @@ def render_fer2013(fer: dict[str, Any]) -> str:
     if last:
         lines.append(f"Last epoch: training accuracy {last['train_accuracy']:.1%} (under "
                      f"augmentation), validation (PublicTest) {last['val_accuracy']:.1%}.")
+    cal = fer.get("calibration")
+    if cal:
+        lines.append(f"Temperature scaling (fitted on PublicTest): T = {cal['temperature']:.2f}, "
+                     f"test ECE {cal['test_ece_before']:.3f} before and "
+                     f"{cal['test_ece_after']:.3f} after.")
     lines += ["",
               "| Class | F1 |", "|---|---|"]
     lines += [f"| {c} | {f1:.3f} |" for c, f1 in test["per_class_f1"].items()]

@@ -12,6 +12,7 @@ with its card is :mod:`emorec.publish`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,9 +315,16 @@ def _usage_section(repo_id: str | None) -> list[str]:
             "`label_map.json` maps class names to output indices.", ""]
 
 
+#: what each file a card can describe is (a published repo holds all, a shipped folder fewer)
+FILE_NOTES = {"model.onnx": "FP32", "model.int8.onnx": "INT8, QDQ",
+              "model.int8.ort": "INT8, ORT format", "label_map.json": "",
+              "weights.fp16.safetensors": "fp16 weights to fine-tune from"}
+
+
 def render_card(params: Params, inputs: CardInputs, license_id: str = "mit",
-                repo_id: str | None = None) -> str:
-    """The full ``README.md`` text: YAML header (model-index) and the sections."""
+                repo_id: str | None = None, files: Sequence[str] | None = None) -> str:
+    """The full ``README.md`` text: YAML header (model-index) and the sections; ``files`` are
+    the ones next to the card (default: everything a published repo holds)."""
     from huggingface_hub import ModelCard
 
     model = params.get("train.model")
@@ -325,8 +333,7 @@ def render_card(params: Params, inputs: CardInputs, license_id: str = "mit",
     body = [f"# {name}: facial emotion recognition (ONNX, INT8)", "",
             f"A `{model}` (timm) classifier of facial expressions into "
             f"{len(params.classes)} classes, exported to ONNX and quantized to INT8 by the "
-            "emorec DVC pipeline. Files: `model.onnx` (FP32), `model.int8.onnx` (INT8, QDQ), "
-            "`model.int8.ort` (INT8, ORT format), `label_map.json`. Class names, preprocessing "
+            f"emorec DVC pipeline. Files: {_file_list(files)}. Class names, preprocessing "
             "and the calibration temperature are stored in the ONNX metadata.", "",
             *_data_section(params, inputs), *_metrics_section(params, inputs),
             *_calibration_section(inputs), FIXED_SECTIONS, *_usage_section(repo_id)]
@@ -344,3 +351,6 @@ def write_model_card(params: Params, inputs: CardInputs, out: Path, license_id: 
 # -- publishing --------------------------------------------------------------------------------
 
 
+def _file_list(files: Sequence[str] | None) -> str:
+    names = [n for n in (files or list(FILE_NOTES)[:4]) if n in FILE_NOTES]
+    return ", ".join(f"`{n}` ({FILE_NOTES[n]})" if FILE_NOTES[n] else f"`{n}`" for n in names)

@@ -90,6 +90,12 @@ def build_report(root: Path = Path("."), fold: Mapping[str, str] = SIX_CLASS_FOL
                  "accuracy_drop_points": 100 * (quantize["fp32"]["test"]["accuracy"]
                                                 - quantize["int8"]["test"]["accuracy"])},
     }
+    calibration = root / "reports/metrics/calibration.json"
+    if calibration.is_file():
+        fitted = _json(calibration)
+        report["calibration"] = {"temperature": fitted["temperature"],
+                                 "test_ece_before": fitted["test"]["before"]["ece"],
+                                 "test_ece_after": fitted["test"]["after"]["ece"]}
     start = start_weights(root, str(params["train"].get("pretrained", "none")))
     if start:
         report["start_weights"] = start

@@ -113,6 +113,8 @@ def record_choice(candidates: dict[str, Path], workspace: Path,
     """:func:`choose_by_validation` on the run in ``workspace``, written to ``out``."""
     choice = choose_by_validation(candidates, workspace / "data/processed/val.csv",
                                   root=workspace)
+    # where the run was made is machine-specific; its commit says which run it was
+    choice |= {"val_split": "data/processed/val.csv", "run_commit": git_commit(workspace)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(choice, indent=2) + "\n")
     return choice
