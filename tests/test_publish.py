@@ -102,6 +102,12 @@ def test_card_carries_fer2013_figures_when_the_report_exists(models_dir, params_
     assert "| 7 classes | 0.712 | 0.701 |" in text and "PrivateTest (official Usage)" in text
     assert "INT8 model accuracy 0.709" in text and "commit `abc123`" in text
     assert "absent" not in text and "separate run" not in text
+    assert "training 1.0 h (" in text
+
+    # a fine-tune: the card counts the start weights' training too
+    two_stage = FER2013 | {"train": {"wall_time_s": 3600.0, "total_wall_time_s": 6480.0}}
+    text = ModelCard.load(_card(Params(params_raw), models_dir, fer2013=two_stage)).text
+    assert "training 1.8 h including the start weights" in text
 
 
 def test_publish_refuses_missing_files_bad_ids_and_a_missing_token(models_dir, params):

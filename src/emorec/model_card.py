@@ -188,7 +188,10 @@ def _fer2013_lines(report: dict[str, Any], data_source: str) -> list[str]:
     if isinstance(hardware, dict) and hardware.get("summary"):
         facts.append(f"hardware: {hardware['summary']}")
     train = report.get("train")
-    if isinstance(train, dict) and isinstance(train.get("wall_time_s"), int | float):
+    if isinstance(train, dict) and isinstance(train.get("total_wall_time_s"), int | float):
+        facts.append(f"training {train['total_wall_time_s'] / 3600:.1f} h including the start "
+                     "weights")  # a fine-tune: both stages' compute counts
+    elif isinstance(train, dict) and isinstance(train.get("wall_time_s"), int | float):
         facts.append(f"training {train['wall_time_s'] / 3600:.1f} h")
     if facts:
         lines += ["", "Run: " + "; ".join(facts) + " (`reports/fer2013.json`)."]
