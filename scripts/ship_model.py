@@ -39,7 +39,7 @@ def card(workspace: Path, report: dict, name: str, pictures: Path | None,
     lines = [render_card(params, inputs, files=list(report["files"])).rstrip()]
     start = (report.get("recipe") or {}).get("train", {}).get("pretrained", "none")
     if str(start).endswith(".safetensors"):  # a two-stage recipe: say where it started
-        lines += ["", f"Fine-tuned from `{start}` (a model shipped in this repository).", ""]
+        lines += ["", f"Fine-tuned from `{start}` (a model shipped in this repository)."]
     if report["sources"]:  # a multi-source run; one source is described by the card itself
         lines += ["", "## Data sources", "",
                   "| source | reader | split | images |", "|---|---|---|---:|"]
@@ -78,7 +78,10 @@ def report_choice(choice: dict, set_default: bool) -> None:
               f"{100 * score['mean_balanced_accuracy']:.1f}%")
     print(f"chosen: {choice['chosen']}")
     if set_default:
-        set_shipped_default(Path("params.yaml"), f"models/{choice['chosen']}")
+        try:
+            set_shipped_default(Path("params.yaml"), f"models/{choice['chosen']}")
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from err
 
 
 def main(argv: list[str] | None = None) -> int:
