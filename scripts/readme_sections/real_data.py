@@ -20,15 +20,16 @@ def render_fer2013(fer: dict[str, Any]) -> str:
     minutes = fer["train"]["wall_time_s"] / 60
     gpu = fer["hardware"].get("gpu")
     start = fer.get("start_weights")
+    schedule = f"{fer['train']['epochs']} epochs, {minutes:.0f} min of training on "
     if start:  # a fine-tune: both stages' compute counts
-        first = start.get("wall_time_s")
         schedule = (f"fine-tuned for {fer['train']['epochs']} epochs ({minutes:.0f} min) from "
-                    f"`{start['path']}` ({start.get('epochs') or '?'} epochs, "
-                    + (f"{first / 60:.0f} min); {(first / 60) + minutes:.0f} min of training in "
-                       "all" if first is not None else "training time not recorded)")
-                    + " on ")
-    else:
-        schedule = f"{fer['train']['epochs']} epochs, {minutes:.0f} min of training on "
+                    f"`{start['path']}` ({start.get('epochs') or '?'} epochs, ")
+        total = fer["train"].get("total_wall_time_s")
+        if total is None:
+            schedule += "training time not recorded) on "
+        else:
+            schedule += (f"{start['wall_time_s'] / 60:.0f} min); {total / 60:.0f} min of "
+                         "training in all on ")
     lines = [
         f"Official PrivateTest split ({test['n']} images after ingest), never used for tuning; "
         f"model `{fer['params']['train']['model']}` at {fer['params']['image']['size']} px, "

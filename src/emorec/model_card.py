@@ -322,6 +322,8 @@ def _usage_section(repo_id: str | None) -> list[str]:
 FILE_NOTES = {"model.onnx": "FP32", "model.int8.onnx": "INT8, QDQ",
               "model.int8.ort": "INT8, ORT format", "label_map.json": "",
               "weights.fp16.safetensors": "fp16 weights to fine-tune from"}
+#: the files a published Hub repo holds (emorec.publish)
+PUBLISHED_FILES = ("model.onnx", "model.int8.onnx", "model.int8.ort", "label_map.json")
 
 
 def render_card(params: Params, inputs: CardInputs, license_id: str = "mit",
@@ -355,5 +357,5 @@ def write_model_card(params: Params, inputs: CardInputs, out: Path, license_id: 
 
 
 def _file_list(files: Sequence[str] | None) -> str:
-    names = [n for n in (files or list(FILE_NOTES)[:4]) if n in FILE_NOTES]
+    names = [n for n in (files or PUBLISHED_FILES) if n in FILE_NOTES]
     return ", ".join(f"`{n}` ({FILE_NOTES[n]})" if FILE_NOTES[n] else f"`{n}`" for n in names)
