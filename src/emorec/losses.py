@@ -1,4 +1,5 @@
-"""Losses for class-imbalanced training: soft-target CE, focal loss and LDAM with DRW.
+"""Losses for class-imbalanced training: soft-target CE, focal loss, LDAM with DRW and the
+logit-adjusted loss.
 
 Why these: FER-style data is long-tailed (disgust and fear are rare), and plain cross-entropy
 lets the majority classes dominate the decision boundaries.
@@ -12,6 +13,11 @@ lets the majority classes dominate the decision boundaries.
   ``w_c = (1 - beta) / (1 - beta^n_c)`` (effective number of samples, ``beta = 0.9999``): the
   features are learned without re-weighting, which would hurt them, and only the boundaries are
   re-balanced at the end.
+* **Logit-adjusted loss** (Menon et al., 2021, "Long-tail learning via logit adjustment") adds
+  ``tau * log(prior_c)`` to every logit in the loss only, so the network's own logits learn the
+  class-conditional evidence without the training set's class mix: an argmax over them is the
+  balanced-error decision, wherever the faces come from. With ``tau = 1`` it is the balanced
+  softmax (Ren et al., 2020). A served model then needs no prior of its own users' faces.
 
 Every loss takes either integer labels ``[N]`` or probability targets ``[N, C]`` (label
 smoothing, MixUp/CutMix), and averages ``-sum_c w_c t_c log p_c`` over the batch (divided by
@@ -30,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("ce", "focal", "ldam")
+LOSSES = ("ce", "focal", "ldam", "logit_adjusted")
 
 
 def as_probabilities(target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -135,6 +141,29 @@ class LDAMLoss(nn.Module):
         return weighted_soft_ce(adjusted, probs, self.weight)
 
 
+def log_prior(class_counts: Sequence[int]) -> torch.Tensor:
+    """``log(n_c / sum n)``: the training set's class mix, on the logit scale."""
+    counts = torch.as_tensor(list(class_counts), dtype=torch.float64)
+    if (counts <= 0).any():
+        raise ValueError(f"every class needs at least one sample, got counts {list(class_counts)}")
+    return torch.log(counts / counts.sum()).float()
+
+
+class LogitAdjustedLoss(nn.Module):
+    """Soft-target CE on ``logits + tau * log(prior)`` (Menon et al., 2021, eq. 10)."""
+
+    def __init__(self, class_counts: Sequence[int], tau: float = 1.0,
+                 weight: torch.Tensor | None = None):
+        super().__init__()
+        if tau < 0:
+            raise ValueError(f"logit adjustment tau must be >= 0, got {tau}")
+        self.register_buffer("offset", tau * log_prior(class_counts))
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return weighted_soft_ce(logits.float() + self.offset, target, self.weight)
+
+
 class CosineClassifier(nn.Module):
     """``scale * cos(x, w_c)``: the normalised linear head LDAM's margins are defined on.
 
@@ -172,9 +201,10 @@ def use_cosine_classifier(model: nn.Module, scale: float = 30.0) -> nn.Module:
 def build_loss(name: str, class_counts: Sequence[int], weights: torch.Tensor | None = None,
                epoch: int = 0, *, focal_gamma: float = 2.0, ldam_max_margin: float = 0.5,
                ldam_scale: float = 30.0, drw_epoch: int | None = None,
-               cb_beta: float = 0.9999
+               cb_beta: float = 0.9999, la_tau: float = 1.0
                ) -> nn.Module:
-    """The training loss ``name`` (``ce`` | ``focal`` | ``ldam``) for the current ``epoch``.
+    """The training loss ``name`` (``ce`` | ``focal`` | ``ldam`` | ``logit_adjusted``) for the
+    current ``epoch``.
 
     ``weights`` (e.g. ``class_weights.json`` in class order) apply to ``ce`` and ``focal``;
     ``ldam`` uses its own deferred class-balanced weights from ``class_counts`` (train images
@@ -188,4 +218,6 @@ def build_loss(name: str, class_counts: Sequence[int], weights: torch.Tensor | N
         return FocalLoss(focal_gamma, weights)
     if name == "ldam":
         return LDAMLoss(class_counts, ldam_max_margin, ldam_scale, drw_epoch, cb_beta, epoch)
+    if name == "logit_adjusted":
+        return LogitAdjustedLoss(class_counts, la_tau, weights)
     raise ValueError(f"unknown loss {name!r}; expected one of {LOSSES}")

@@ -12,11 +12,16 @@ dataset and says how to read it::
       usage: {Train: train, Val: val}   # predefined only: the dataset's split -> train|val|test
       label_pattern: null        # folder only: regex whose group 1 in the file name is the label
       face_crop: inherit         # inherit (ingest.face_crop) | true | false | fallback
+      heldout: false             # true: every image goes to the test split and never trains
 
 Raw labels the map leaves out, or maps to ``null``, are rejected as ``unknown_label`` and
 counted per source; without a ``map`` a folder source accepts folder names equal to a class.
 Predefined sources write their split into the manifest's ``usage`` column, stratified ones leave
 it empty and the split stage draws their split (:mod:`emorec.split_balance`).
+
+A ``heldout: true`` source is how a source is left out of training (:mod:`emorec.unseen`):
+all its labelled images land in the test split, so the test-first rule below also drops every
+exact or near copy of its faces from the other sources.
 
 Candidates of all sources are offered test first, then val, then train: when two sources hold
 the same face, the copy in a test split is the one that is kept (exact copies by pixels in the
@@ -65,6 +70,7 @@ class SourceSpec:
     usage: dict[str, str]
     label_pattern: str | None
     face_crop: str
+    heldout: bool = False
 
     @classmethod
     def from_params(cls, entry: Params, classes: list[str]) -> SourceSpec:
@@ -97,8 +103,12 @@ class SourceSpec:
         if face_crop not in FACE_CROP:
             raise ParamsError(entry._name("face_crop"), f"must be one of {list(FACE_CROP)}, "
                                                         f"got {face_crop!r}")
+        heldout = entry.get("heldout", False)
+        if not isinstance(heldout, bool):
+            raise ParamsError(entry._name("heldout"), f"must be true or false, got {heldout!r}")
         return cls(name=name, reader=reader, path=entry.existing_path("path"), map=mapping,
-                   split=split, usage=usage, label_pattern=pattern, face_crop=face_crop)
+                   split=split, usage=usage, label_pattern=pattern, face_crop=face_crop,
+                   heldout=heldout)
 
 
 def _label_map(entry: Params, classes: list[str]) -> dict[str, str | None]:
@@ -149,6 +159,8 @@ def spec_candidates(spec: SourceSpec, classes: list[str]) -> Iterator[Candidate]
         if spec.split == "predefined" and not usage:
             cand = replace(cand, label=None, raw_label=f"{cand.raw_label} (usage "
                                                        f"{cand.usage or '<none>'} not in usage)")
+        if spec.heldout and cand.label is not None:
+            usage = "test"
         yield replace(cand, id=f"{spec.name}-{cand.id}", source=spec.name, usage=usage)
 
 

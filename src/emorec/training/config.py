@@ -52,6 +52,7 @@ class TrainConfig:
     ldam_max_margin: float
     ldam_scale: float
     drw_at: float | None
+    la_tau: float
     mixup: bool
     mixup_alpha: float
     cutmix_alpha: float
@@ -101,6 +102,7 @@ class TrainConfig:
             ldam_scale=t.number("loss_options.ldam_scale", low=1e-6),
             drw_at=(None if t.get("loss_options.drw_at") is None
                     else t.number("loss_options.drw_at", low=0, high=1)),
+            la_tau=t.number("loss_options.la_tau", low=0),
             mixup=mix.boolean("enabled"),
             mixup_alpha=mix.number("mixup_alpha", low=0),
             cutmix_alpha=mix.number("cutmix_alpha", low=0),

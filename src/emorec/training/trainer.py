@@ -42,7 +42,7 @@ def make_criterion(cfg: TrainConfig, class_counts: Sequence[int], weight: torch.
     drw_epoch = None if cfg.drw_at is None else int(round(cfg.drw_at * cfg.epochs))
     return build_loss(cfg.loss, class_counts, None if cfg.loss == "ldam" else weight,
                       focal_gamma=cfg.focal_gamma, ldam_max_margin=cfg.ldam_max_margin,
-                      ldam_scale=cfg.ldam_scale, drw_epoch=drw_epoch)
+                      ldam_scale=cfg.ldam_scale, drw_epoch=drw_epoch, la_tau=cfg.la_tau)
 
 
 def class_counts_of(targets: np.ndarray, num_classes: int) -> list[int]:

@@ -1,0 +1,186 @@
+"""The unseen-source protocol (presets/unseen.yaml, emorec.unseen) -> reports/unseen.json.
+
+    python scripts/unseen.py run --recipes default balanced --holdout tfeid   # DVC experiments
+    python scripts/unseen.py run --screen                 # every recipe x held-out source, short
+    python scripts/unseen.py score models/multisource models/fer2013    # shipped files, as is
+    python scripts/unseen.py report                       # reports/unseen.json from the runs
+    python scripts/unseen.py run --print                  # the dvc commands only
+
+`run` trains each recipe once per held-out source as `dvc exp run --name unseen-<recipe>-lo-
+<source> ... cross_corpus` in this workspace (ingest through the cross-corpus scoring; unchanged
+stages come from DVC's run cache) and writes reports/unseen/runs/<run>.json after each run, so an
+interrupted protocol resumes where it stopped (a finished run is skipped unless --force). At the
+recipe's own schedule one run takes about an hour on 2 CPU cores (resnet18, 64 px, 20 epochs);
+--screen (the file's `screen` overrides) about 10 minutes.
+
+`score` classifies the always-unseen sets with model files as they are (a shipped model trained
+on a held-out source cannot be scored on that source; only the always-unseen sets are fair to
+every file). It takes about a minute per model. `report` needs no data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from run_preset import read_preset, set_args
+
+from emorec.config import Params, load_params
+from emorec.cross_corpus import external_sets, fold_map, predict_set, score_set
+from emorec.errors import EmorecError
+from emorec.faces import FaceSettings
+from emorec.hardware import cpu_info, describe
+from emorec.inference import OnnxClassifier
+from emorec.provenance import git_commit
+from emorec.unseen import Protocol, plan_run, protocol_table, run_name, run_summary, scoring_entry
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = Path("reports/unseen/runs")
+
+
+def recipe_plan(protocol: Protocol, recipe: str, heldout: str | None, screen: bool
+                ) -> dict[str, Any]:
+    spec = protocol.recipes[recipe]
+    overrides = read_preset(spec.preset) | spec.overrides | (protocol.screen if screen else {})
+    return plan_run(overrides, heldout, protocol.unseen)
+
+
+def run(protocol: Protocol, args: argparse.Namespace) -> int:
+    recipes = args.recipes or list(protocol.recipes)
+    holdouts = args.holdout or protocol.holdout
+    unknown = sorted(set(recipes) - set(protocol.recipes))
+    if unknown:
+        print(f"error: unknown recipes {unknown}; known: {list(protocol.recipes)}",
+              file=sys.stderr)
+        return 2
+    for recipe in recipes:
+        for heldout in holdouts:
+            name = run_name(recipe, heldout, args.screen)
+            out = RUNS / f"{name}.json"
+            plan = recipe_plan(protocol, recipe, heldout, args.screen)
+            cmd = ["dvc", "exp", "run", "--name", name, *set_args(plan), "cross_corpus"]
+            if args.print:
+                print(" ".join(cmd))
+                continue
+            if out.is_file() and not args.force:
+                print(f"{name}: done before ({out}), skipped", flush=True)
+                continue
+            print(f"{name}: starting", flush=True)
+            start = time.perf_counter()
+            if subprocess.call(cmd) != 0:
+                print(f"error: run {name} failed", file=sys.stderr)
+                return 1
+            cross = json.loads(Path("reports/cross_corpus.json").read_text())
+            summary = run_summary(cross, recipe, heldout, [u["name"] for u in protocol.unseen])
+            summary.update(name=name, screen=args.screen, commit=git_commit(Path(".")),
+                           wall_time_s=round(time.perf_counter() - start),
+                           hardware=describe(cpu_info()),
+                           test=_test_figures(Path("reports/metrics/test.json")))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(summary, indent=2) + "\n")
+            if args.keep_models:
+                args.keep_models.mkdir(parents=True, exist_ok=True)
+                shutil.copy2("models/model.int8.onnx", args.keep_models / f"{name}.int8.onnx")
+            print(f"{name}: {json.dumps({k: v.get('folded', v.get('service', {})).get('balanced_accuracy') for k, v in summary['sets'].items()})}", flush=True)  # noqa: E501
+    return 0
+
+
+def _test_figures(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    test = json.loads(path.read_text())
+    return {k: test.get(k) for k in ("accuracy", "macro_f1")}
+
+
+def score(protocol: Protocol, args: argparse.Namespace) -> int:
+    """Shipped model folders (or .onnx files) on the always-unseen sets."""
+    base = load_params(args.params).to_dict()
+    base.setdefault("evaluate", {})["external"] = [scoring_entry(u) for u in protocol.unseen]
+    params = Params(base)
+    faces = FaceSettings.from_params(params)
+    for target in args.models:
+        path = target / "model.int8.onnx" if target.is_dir() else target
+        name = args.name or (target.name if target.is_dir() else target.stem)
+        model = OnnxClassifier(path)
+        fold = fold_map(params, model.classes)
+        sets = {spec.name: score_set(predict_set(model, spec, faces), fold)
+                for spec in external_sets(params, model.classes)}
+        summary = run_summary({"sets": sets, "model": str(path)}, f"shipped:{name}", None,
+                              [u["name"] for u in protocol.unseen])
+        summary.update(name=f"shipped-{name}", screen=False, commit=git_commit(Path(".")),
+                       hardware=describe(cpu_info()))
+        out = RUNS / f"shipped-{name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"{name}: " + ", ".join(f"{s} {100 * v['folded']['balanced_accuracy']:.1f}%"
+                                      for s, v in summary["sets"].items() if v.get("folded")))
+    return 0
+
+
+def report(protocol: Protocol, args: argparse.Namespace) -> int:
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))}
+    if not runs:
+        print(f"error: no runs in {RUNS}: `run` or `score` first", file=sys.stderr)
+        return 2
+    unseen = [u["name"] for u in protocol.unseen]
+    table = protocol_table(runs, unseen)
+    out = {"protocol": str(args.spec.relative_to(ROOT)) if args.spec.is_absolute() else
+           str(args.spec), "unseen": unseen, "holdout": protocol.holdout,
+           "headline": "mean balanced accuracy (6 classes: disgust folded into angry) over the "
+                       "unseen sets a recipe was scored on, through the service path",
+           "hardware": sorted({r.get("hardware", "") for r in runs.values()} - {""}),
+           "recipes": {name: {"about": r.about} for name, r in protocol.recipes.items()},
+           "table": table, "runs": runs}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    for name, row in table.items():
+        mean = row["mean_balanced_accuracy"]
+        print(f"{name}: mean {100 * mean:.1f}% over {sorted(row['sets'])}" if mean is not None
+              else f"{name}: no set")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="\n".join(__doc__.splitlines()[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--spec", type=Path, default=ROOT / "presets/unseen.yaml",
+                        help="the protocol file (default: presets/unseen.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="train and score recipes as DVC experiments")
+    p_run.add_argument("--recipes", nargs="*", help="recipes to run (default: all)")
+    p_run.add_argument("--holdout", nargs="*", help="sources to leave out (default: the file's)")
+    p_run.add_argument("--screen", action="store_true", help="the file's short schedule")
+    p_run.add_argument("--force", action="store_true", help="run again what is done")
+    p_run.add_argument("--print", action="store_true", help="print the commands, run nothing")
+    p_run.add_argument("--keep-models", type=Path, metavar="DIR",
+                       help="copy each run's INT8 model to DIR/<run>.int8.onnx (to score it "
+                            "again later, e.g. with another decision rule)")
+    p_score = sub.add_parser("score", help="score model files on the always-unseen sets")
+    p_score.add_argument("models", nargs="+", type=Path, help="model folders or .onnx files")
+    p_score.add_argument("--name", help="record name (default: the folder's name)")
+    p_score.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p_report = sub.add_parser("report", help="write reports/unseen.json from the runs")
+    p_report.add_argument("--out", type=Path, default=Path("reports/unseen.json"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        protocol = Protocol.load(args.spec)
+        return {"run": run, "score": score, "report": report}[args.command](protocol, args)
+    except (EmorecError, OSError, yaml.YAMLError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

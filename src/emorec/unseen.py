@@ -1,0 +1,206 @@
+"""The unseen-source protocol: every recipe is judged on faces from sources it never trained on.
+
+A val split shares its source's people, camera and labelling habits with the train split, so a
+rule on it rewards a model for learning a source rather than for reading a new one. The protocol
+(``presets/unseen.yaml``) scores a recipe on two kinds of faces instead:
+
+* **Leave one source out.** For each source with people of its own (``holdout``), one run of the
+  recipe marks that source ``heldout: true`` (:mod:`emorec.sources`): its labelled faces go to
+  the test split, so ingest's test-first rule drops every exact or near copy of them from the
+  other sources, and none of them trains or picks a checkpoint. The run then scores the whole
+  source through the service's path (:mod:`emorec.cross_corpus`).
+* **Always-unseen sets** (``unseen``) are in every run the same way: held out, scored, never
+  trained on.
+
+:func:`plan_run` writes a run's overrides; :func:`run_summary` keeps the figures of one run;
+:func:`protocol_table` turns the runs into the per-recipe table the README and the model card
+render. The headline is the mean balanced accuracy, 6 classes (``evaluate.fold``), over the
+unseen sets a recipe was scored on.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from emorec.errors import ParamsError
+
+#: Figures kept per set from the cross_corpus report: service path, whole image, folded.
+_KEPT = ("accuracy", "balanced_accuracy", "macro_f1", "recall")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One recipe under test: a preset plus overrides."""
+
+    name: str
+    preset: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    about: str = ""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """``presets/unseen.yaml``, validated."""
+
+    unseen: list[dict[str, Any]]
+    holdout: list[str]
+    screen: dict[str, Any]
+    recipes: dict[str, Recipe]
+
+    @classmethod
+    def load(cls, path: Path) -> Protocol:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        where = str(path)
+        unseen = raw.get("unseen") or []
+        if not all(isinstance(e, dict) and "name" in e for e in unseen):
+            raise ParamsError(f"{where}: unseen", "must be a list of source entries with a name")
+        recipes = {}
+        for name, entry in (raw.get("recipes") or {}).items():
+            if not isinstance(entry, dict) or "preset" not in entry:
+                raise ParamsError(f"{where}: recipes.{name}", "needs a preset")
+            recipes[str(name)] = Recipe(str(name), str(entry["preset"]),
+                                        dict(entry.get("overrides") or {}),
+                                        str(entry.get("about", "")))
+        if not recipes:
+            raise ParamsError(f"{where}: recipes", "lists no recipe")
+        return cls(unseen=[dict(e) for e in unseen], holdout=[str(h) for h in
+                                                              raw.get("holdout") or []],
+                   screen=dict(raw.get("screen") or {}), recipes=recipes)
+
+
+def run_name(recipe: str, heldout: str | None, screen: bool) -> str:
+    """``unseen-<recipe>-<lo-source | all>[-screen]``: a DVC experiment name."""
+    return f"unseen-{recipe}-{'lo-' + heldout if heldout else 'all'}{'-screen' if screen else ''}"
+
+
+def scoring_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """An ``evaluate.external`` entry that scores every labelled image of a source whole: its
+    own split (if it has one) all mapped in, and no training-only keys."""
+    out = {k: v for k, v in entry.items() if k not in ("face_crop", "heldout")}
+    if out.get("split") == "predefined" and out.get("usage"):
+        out["usage"] = {name: "test" for name in out["usage"]}
+    return out
+
+
+def plan_run(overrides: dict[str, Any], heldout: str | None, unseen: list[dict[str, Any]]
+             ) -> dict[str, Any]:
+    """The overrides of one protocol run: ``overrides`` (a recipe) with ``heldout`` (a name in
+    its ``data.sources``, or None to train on every source) and every ``unseen`` set marked
+    ``heldout: true``, and ``evaluate.external`` scoring exactly those sets.
+
+    Raises :class:`ParamsError` when ``heldout`` is not one of the recipe's sources, or when an
+    unseen set's name collides with a training source.
+    """
+    plan = copy.deepcopy(overrides)
+    sources = [dict(s) for s in plan.get("data.sources") or []]
+    names = [s["name"] for s in sources]
+    if heldout is not None and heldout not in names:
+        raise ParamsError("holdout", f"{heldout!r} is not a source of this recipe ({names})")
+    clash = sorted({u["name"] for u in unseen} & set(names))
+    if clash:
+        raise ParamsError("unseen", f"{clash} are training sources of this recipe too")
+    scored = []
+    for source in sources:
+        if source["name"] == heldout:
+            source["heldout"] = True
+            scored.append(scoring_entry(source))
+    held = [dict(u, heldout=True) for u in unseen]
+    plan["data.sources"] = sources + held
+    plan["evaluate.external"] = scored + [scoring_entry(u) for u in unseen]
+    return plan
+
+
+def training_sources(plan: dict[str, Any]) -> list[str]:
+    """Names of the sources a planned run trains on (those not held out)."""
+    return [s["name"] for s in plan.get("data.sources") or [] if not s.get("heldout")]
+
+
+def brief(entry: dict[str, Any]) -> dict[str, Any]:
+    """One set's figures from a cross_corpus report entry: 7-class and folded, service path."""
+    out: dict[str, Any] = {"n": entry["n"], "found_rate": entry["found_rate"],
+                           "per_class": entry.get("per_class", {})}
+    if not entry["n"]:
+        return out
+    out["service"] = {k: entry["service"][k] for k in _KEPT}
+    out["whole_balanced_accuracy"] = entry["whole"]["balanced_accuracy"]
+    folded = entry.get("folded", {}).get("service")
+    if folded:
+        out["folded"] = {k: folded[k] for k in _KEPT}
+    return out
+
+
+def run_summary(cross_corpus: dict[str, Any], recipe: str, heldout: str | None,
+                unseen: list[str]) -> dict[str, Any]:
+    """What the protocol keeps of one run: the held-out source and the unseen sets."""
+    keep = ([heldout] if heldout else []) + list(unseen)
+    sets = cross_corpus.get("sets", {})
+    missing = [name for name in keep if name not in sets]
+    if missing:
+        raise ParamsError("evaluate.external", f"the run scored no {missing}: was it planned "
+                                               f"by emorec.unseen.plan_run?")
+    return {"recipe": recipe, "heldout": heldout, "model": cross_corpus.get("model"),
+            "sets": {name: brief(sets[name]) for name in keep}}
+
+
+def headline(entry: dict[str, Any]) -> float:
+    """The figure a set is compared by: balanced accuracy after folding (else 7-class)."""
+    return float((entry.get("folded") or entry["service"])["balanced_accuracy"])
+
+
+def protocol_table(runs: dict[str, dict[str, Any]], unseen: list[str]) -> dict[str, Any]:
+    """Per recipe (or shipped model): each unseen set's headline figure, recall per class, the
+    face-found rate, and the mean over sets.
+
+    A held-out source comes from the run that left it out. An always-unseen set is scored in
+    every run; its figure is the mean over the recipe's runs, so a recipe is judged on the same
+    footing whether it ran once or once per held-out source.
+    """
+    table: dict[str, Any] = {}
+    by_recipe: dict[str, list[dict[str, Any]]] = {}
+    for run in runs.values():
+        by_recipe.setdefault(run["recipe"], []).append(run)
+    for recipe, recipe_runs in by_recipe.items():
+        sets: dict[str, Any] = {}
+        for run in recipe_runs:
+            if run["heldout"] and run["sets"].get(run["heldout"], {}).get("n"):
+                sets[run["heldout"]] = _cell([run["sets"][run["heldout"]]])
+        for name in unseen:
+            entries = [r["sets"][name] for r in recipe_runs if r["sets"].get(name, {}).get("n")]
+            if entries:
+                sets[name] = _cell(entries)
+        table[recipe] = {"sets": sets, "runs": sorted(r.get("name", "") for r in recipe_runs),
+                         "mean_balanced_accuracy": (float(np.mean([c["balanced_accuracy"]
+                                                                   for c in sets.values()]))
+                                                    if sets else None),
+                         "mean_recall": _mean_recall(sets)}
+    return table
+
+
+def _cell(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    recall: dict[str, list[float]] = {}
+    for e in entries:
+        for cls, value in (e.get("folded") or e["service"])["recall"].items():
+            recall.setdefault(cls, []).append(value)
+    return {"n": entries[0]["n"], "runs": len(entries),
+            "balanced_accuracy": float(np.mean([headline(e) for e in entries])),
+            "balanced_accuracy_7": float(np.mean([e["service"]["balanced_accuracy"]
+                                                  for e in entries])),
+            "macro_f1": float(np.mean([(e.get("folded") or e["service"])["macro_f1"]
+                                       for e in entries])),
+            "found_rate": float(np.mean([e["found_rate"] for e in entries])),
+            "recall": {c: float(np.mean(v)) for c, v in sorted(recall.items())}}
+
+
+def _mean_recall(sets: dict[str, Any]) -> dict[str, float]:
+    """Recall per class averaged over the sets that have the class."""
+    pooled: dict[str, list[float]] = {}
+    for cell in sets.values():
+        for cls, value in cell["recall"].items():
+            pooled.setdefault(cls, []).append(value)
+    return {c: float(np.mean(v)) for c, v in sorted(pooled.items())}
