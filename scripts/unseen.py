@@ -26,20 +26,33 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from run_preset import read_preset, set_args
 
 from emorec.config import Params, load_params
-from emorec.cross_corpus import external_sets, fold_map, predict_set, score_set
+from emorec.cross_corpus import NO_FACE, external_sets, fold_map, predict_set, redecide, score_set
+from emorec.decision import adjust_onnx, class_prior, logit_offset, recalibrate
 from emorec.errors import EmorecError
 from emorec.faces import FaceSettings
 from emorec.hardware import cpu_info, describe
-from emorec.inference import OnnxClassifier
+from emorec.inference import META_MIN_CONFIDENCE, META_TEMPERATURE, OnnxClassifier
 from emorec.provenance import git_commit
-from emorec.unseen import Protocol, plan_run, protocol_table, run_name, run_summary, scoring_entry
+from emorec.sources import source_list, spec_candidates
+from emorec.unseen import (
+    Protocol,
+    brief,
+    headline,
+    plan_run,
+    protocol_table,
+    run_name,
+    run_summary,
+    scoring_entry,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path("reports/unseen/runs")
@@ -124,6 +137,64 @@ def score(protocol: Protocol, args: argparse.Namespace) -> int:
     return 0
 
 
+def decide(protocol: Protocol, args: argparse.Namespace) -> int:
+    """Post-hoc logit adjustment of a model, tau chosen on the always-unseen sets."""
+    base = load_params(args.params).to_dict()
+    preset = read_preset(protocol.recipes[args.recipe].preset)
+    params = Params(base)
+    faces = FaceSettings.from_params(params)
+    model = OnnxClassifier(args.model)
+    classes = model.classes
+    train_specs = source_list(Params({"s": preset["data.sources"]}), "s", classes)
+    prior = class_prior((c for spec in train_specs for c in spec_candidates(spec, classes)
+                         if c.usage in ("train", "")), classes)
+    print("train prior: " + ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, prior,
+                                                                     strict=True)))
+    fold = fold_map(params, classes)
+    unseen = source_list(Params({"s": [scoring_entry(u) for u in protocol.unseen]}), "s",
+                         classes)
+    preds = {spec.name: predict_set(model, spec, faces) for spec in unseen}
+    trials = {}
+    for tau in args.taus:
+        offset = logit_offset(prior, tau)
+        sets = {name: brief(score_set(redecide(pred, classes, offset), fold))
+                for name, pred in preds.items()}
+        trials[f"{tau:g}"] = {"sets": sets, "mean_balanced_accuracy": float(np.mean(
+            [headline(v) for v in sets.values()]))}
+        print(f"tau {tau:g}: mean {100 * trials[f'{tau:g}']['mean_balanced_accuracy']:.1f}% "
+              + " ".join(f"{n} {100 * headline(v):.1f}%" for n, v in sets.items()))
+    best = min(args.taus, key=lambda t: (-trials[f"{t:g}"]["mean_balanced_accuracy"], t))
+    offset = logit_offset(prior, best)
+    # the temperature and threshold are fitted again on the training sources' val faces
+    val_specs = [replace(spec, usage={k: v for k, v in spec.usage.items() if v == "val"})
+                 for spec in train_specs if "val" in spec.usage.values()]
+    logits, labels = [], []
+    for spec in val_specs:
+        pred = predict_set(model, spec, faces)
+        found = [lab for lab, ans in zip(pred.labels, pred.service, strict=True)
+                 if ans != NO_FACE]
+        logits.append(pred.service_logits + offset)
+        labels += [classes.index(lab) for lab in found]
+    fitted = recalibrate(np.concatenate(logits), np.asarray(labels),
+                         params.number("evaluate.min_confidence_coverage", low=0, high=1))
+    record = {"tau": best, "prior": dict(zip(classes, map(float, prior), strict=True)),
+              "chosen_on": [u["name"] for u in protocol.unseen],
+              "recalibrated_on": [f"{s.name} val" for s in val_specs], **fitted}
+    out = args.out or args.model
+    tmp = out.with_suffix(".adjusted.onnx")
+    adjust_onnx(args.model, tmp, offset, record, {
+        META_TEMPERATURE: repr(fitted["temperature"]),
+        META_MIN_CONFIDENCE: repr(fitted["min_confidence"])})
+    tmp.replace(out)
+    decision = {"model": str(out), "recipe": args.recipe, "chosen_tau": best, **record,
+                "trials": trials, "hardware": describe(cpu_info())}
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(decision, indent=2) + "\n")
+    print(f"tau {best:g} -> {out} (T {fitted['temperature']:.2f}, min_confidence "
+          f"{fitted['min_confidence']:.2f}); {args.report}")
+    return 0
+
+
 def report(protocol: Protocol, args: argparse.Namespace) -> int:
     runs = {p.stem: json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))}
     if not runs:
@@ -167,6 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_score.add_argument("models", nargs="+", type=Path, help="model folders or .onnx files")
     p_score.add_argument("--name", help="record name (default: the folder's name)")
     p_score.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p_decide = sub.add_parser("decide", help="logit-adjust a model: tau chosen on the "
+                                             "always-unseen sets, baked into the file")
+    p_decide.add_argument("model", type=Path, help="unadjusted INT8 ONNX model")
+    p_decide.add_argument("--recipe", default="default",
+                          help="the recipe it was trained by (its sources give the prior)")
+    p_decide.add_argument("--taus", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1.0])
+    p_decide.add_argument("--out", type=Path, help="adjusted model (default: in place)")
+    p_decide.add_argument("--report", type=Path, default=Path("reports/decision.json"))
+    p_decide.add_argument("--params", type=Path, default=Path("params.yaml"))
     p_report = sub.add_parser("report", help="write reports/unseen.json from the runs")
     p_report.add_argument("--out", type=Path, default=Path("reports/unseen.json"))
     return parser
@@ -176,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         protocol = Protocol.load(args.spec)
-        return {"run": run, "score": score, "report": report}[args.command](protocol, args)
+        return {"run": run, "score": score, "decide": decide,
+                "report": report}[args.command](protocol, args)
     except (EmorecError, OSError, yaml.YAMLError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

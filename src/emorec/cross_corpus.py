@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,10 @@ class Predictions:
     skipped: Counter[str]
     #: faces the service took whole: no face found in a small image (faces.whole_image_max_side)
     whole_image_faces: int = 0
+    #: the model's logits ``[found faces, C]`` of the service path, in label order (rows of
+    #: images without a face left out), so another decision rule can be scored without
+    #: detecting again (:mod:`emorec.decision`)
+    service_logits: np.ndarray | None = None
 
 
 def predict_set(model: OnnxClassifier, spec: SourceSpec, faces: FaceSettings,
@@ -92,18 +96,27 @@ def predict_set(model: OnnxClassifier, spec: SourceSpec, faces: FaceSettings,
         if found.faces:
             inputs.append(found.inputs[0])
             out.whole_image_faces += found.faces[0].score == 0.0
-    out.whole = _predict(model, wholes, batch_size)
-    face_labels = iter(_predict(model, inputs, batch_size))
+    out.whole = [model.classes[k] for k in _logits(model, wholes, batch_size).argmax(axis=1)]
+    out.service_logits = _logits(model, inputs, batch_size)
+    face_labels = iter(model.classes[k] for k in out.service_logits.argmax(axis=1))
     out.service = [next(face_labels) if ok else NO_FACE for ok in has_face]
     return out
 
 
-def _predict(model: OnnxClassifier, inputs: list[np.ndarray], batch_size: int) -> list[str]:
-    labels: list[str] = []
-    for start in range(0, len(inputs), batch_size):
-        probs = model.probabilities(np.stack(inputs[start:start + batch_size]))
-        labels += [model.classes[k] for k in probs.argmax(axis=1)]
-    return labels
+def _logits(model: OnnxClassifier, inputs: list[np.ndarray], batch_size: int) -> np.ndarray:
+    rows = [model.logits(np.stack(inputs[start:start + batch_size]))
+            for start in range(0, len(inputs), batch_size)]
+    return np.concatenate(rows) if rows else np.zeros((0, len(model.classes)), np.float32)
+
+
+def redecide(pred: Predictions, classes: Sequence[str], bias: np.ndarray) -> Predictions:
+    """``pred`` with the service path's answers taken as ``argmax(logits + bias)``: another
+    decision rule on the same faces (the whole-image answers are left as they were)."""
+    if pred.service_logits is None:
+        raise ValueError("these predictions kept no logits")
+    answers = iter(classes[k] for k in (pred.service_logits + bias).argmax(axis=1))
+    service = [p if p == NO_FACE else next(answers) for p in pred.service]
+    return replace(pred, service=service)
 
 
 def metrics(labels: Sequence[str], predicted: Sequence[str]) -> dict[str, Any]:

@@ -1,0 +1,143 @@
+"""The unseen-source protocol: leave-one-source-out planning, held-out ingest, the table."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from test_sources import face, save, sources_params
+
+from emorec.errors import ParamsError
+from emorec.ingest import run_ingest
+from emorec.split_balance import run_split
+from emorec.unseen import Protocol, plan_run, protocol_table, run_name, training_sources
+
+CLASSES = ["angry", "fearful", "happy", "neutral", "sad", "surprised"]
+LAB_MAP = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "f": "fearful",
+           "g": "surprised"}
+
+
+def lab_source(name: str, path, split: str = "stratified") -> dict:
+    return {"name": name, "reader": "folder", "path": str(path), "split": split,
+            "label_pattern": r"^\d{4}([a-g])\d{2}", "map": LAB_MAP, "face_crop": False}
+
+
+@pytest.fixture
+def three_sources(tmp_path):
+    """Two training sources and one always-unseen set; ``b`` holds a re-encoded copy of one of
+    ``c``'s faces and ``a`` holds a near copy of one of ``unseen``'s."""
+    roots = {n: tmp_path / n for n in ("a", "b", "c", "unseen")}
+    for s, name in enumerate(roots):
+        for k, code in enumerate("abcdfg" * 8):
+            save(face(1000 * s + k, 64), roots[name] / f"{s}{k:03d}{code}01.png")
+    noisy = np.asarray(face(2000 + 4, 64), dtype=np.int16) + np.random.default_rng(0).integers(
+        -3, 4, (64, 64))
+    save(Image.fromarray(noisy.clip(0, 255).astype(np.uint8)), roots["b"] / "1999c01.png")
+    save(face(3000 + 1, 64), roots["a"] / "0999b01.png")  # exact copy of an unseen face
+    recipe = {"data.sources": [lab_source(n, roots[n]) for n in ("a", "b", "c")]}
+    unseen = [{**lab_source("unseen", roots["unseen"]), "face_crop": "fallback"}]
+    return recipe, unseen
+
+
+def test_plan_marks_the_left_out_source_and_the_unseen_sets_and_scores_them(three_sources):
+    recipe, unseen = three_sources
+    before = copy.deepcopy(recipe)
+    plan = plan_run(recipe, "c", unseen)
+    assert recipe == before  # the recipe itself is untouched
+    assert training_sources(plan) == ["a", "b"]
+    held = {s["name"]: s.get("heldout", False) for s in plan["data.sources"]}
+    assert held == {"a": False, "b": False, "c": True, "unseen": True}
+    assert [e["name"] for e in plan["evaluate.external"]] == ["c", "unseen"]
+    assert all("heldout" not in e and "face_crop" not in e for e in plan["evaluate.external"])
+    assert training_sources(plan_run(recipe, None, unseen)) == ["a", "b", "c"]
+
+
+def test_plan_rejects_unknown_holdouts_and_unseen_sets_that_train():
+    recipe = {"data.sources": [{"name": "a"}, {"name": "b"}]}
+    with pytest.raises(ParamsError, match="'x' is not a source"):
+        plan_run(recipe, "x", [])
+    with pytest.raises(ParamsError, match=r"\['b'\] are training sources"):
+        plan_run(recipe, "a", [{"name": "b"}])
+
+
+def test_no_face_of_a_held_out_source_trains_near_copies_included(three_sources, params_raw,
+                                                                  tmp_path):
+    recipe, unseen = three_sources
+    plan = plan_run(recipe, "c", unseen)
+    params = sources_params(params_raw, plan["data.sources"], CLASSES)
+    report = run_ingest(params, tmp_path / "interim", tmp_path / "ingest.json")
+    manifest = pd.read_csv(tmp_path / "interim" / "manifest.csv", keep_default_na=False)
+    held = manifest[manifest["source"].isin(["c", "unseen"])]
+    assert len(held) == 96 and set(held["usage"]) == {"test"}
+    # the near copy of a c face in b and the exact copy of an unseen face in a are dropped
+    assert report["sources"]["b"]["rejected_by_reason"] == {"near_duplicate": 1}
+    assert report["sources"]["a"]["rejected_by_reason"] == {"duplicate": 1}
+
+    run_split(params, tmp_path / "interim" / "manifest.csv", tmp_path / "processed",
+              tmp_path / "split.json")
+    ids = {name: set(pd.read_csv(tmp_path / "processed" / f"{name}.csv")["origin"])
+           for name in ("train", "val", "test")}
+    held_ids = set(held["id"])
+    assert not held_ids & (ids["train"] | ids["val"])
+    assert held_ids <= ids["test"]
+
+
+def test_heldout_must_be_a_boolean(params_raw, tmp_path):
+    save(face(1), tmp_path / "lab" / "0001a01.png")
+    params = sources_params(params_raw, [{**lab_source("lab", tmp_path / "lab"),
+                                          "heldout": "yes"}])
+    with pytest.raises(ParamsError, match=r"data.sources\[0\].heldout' must be true or false"):
+        run_ingest(params, tmp_path / "interim", tmp_path / "ingest.json")
+
+
+def _run(recipe: str, heldout: str | None, scores: dict[str, float]) -> dict:
+    def entry(value: float) -> dict:
+        figures = {"balanced_accuracy": value, "macro_f1": value, "accuracy": value,
+                   "recall": {"angry": value, "happy": 1.0}}
+        return {"n": 10, "found_rate": 1.0, "service": figures, "folded": figures}
+    return {"name": run_name(recipe, heldout, False), "recipe": recipe, "heldout": heldout,
+            "sets": {name: entry(v) for name, v in scores.items()}}
+
+
+def test_table_takes_held_out_sources_from_their_run_and_averages_unseen_sets():
+    runs = {r["name"]: r for r in [
+        _run("r", "tfeid", {"tfeid": 0.4, "nimstim": 0.6}),
+        _run("r", "sfew", {"sfew": 0.2, "nimstim": 0.8}),
+        _run("shipped:m", None, {"nimstim": 0.5}),
+    ]}
+    table = protocol_table(runs, ["nimstim"])
+    row = table["r"]
+    assert row["sets"]["tfeid"]["balanced_accuracy"] == pytest.approx(0.4)
+    assert row["sets"]["nimstim"]["balanced_accuracy"] == pytest.approx(0.7)  # mean of 2 runs
+    assert row["sets"]["nimstim"]["runs"] == 2
+    assert row["mean_balanced_accuracy"] == pytest.approx((0.4 + 0.2 + 0.7) / 3)
+    assert row["mean_recall"]["happy"] == pytest.approx(1.0)
+    assert table["shipped:m"]["mean_balanced_accuracy"] == pytest.approx(0.5)
+
+
+def test_protocol_file_names_what_is_wrong(tmp_path):
+    path = tmp_path / "unseen.yaml"
+    path.write_text("unseen: []\nrecipes: {x: {overrides: {}}}\n")
+    with pytest.raises(ParamsError, match="recipes.x' needs a preset"):
+        Protocol.load(path)
+    path.write_text("unseen: [{reader: folder}]\nrecipes: {x: {preset: p}}\n")
+    with pytest.raises(ParamsError, match="unseen' must be a list of source entries"):
+        Protocol.load(path)
+
+
+def test_the_shipped_protocol_file_plans_every_recipe_and_holdout():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    protocol = Protocol.load(root / "presets/unseen.yaml")
+    for recipe in protocol.recipes.values():
+        preset = yaml.safe_load((root / "presets" / f"{recipe.preset}.yaml").read_text())
+        for heldout in protocol.holdout:
+            plan = plan_run(preset | recipe.overrides, heldout, protocol.unseen)
+            assert heldout not in training_sources(plan)
+            assert not {u["name"] for u in protocol.unseen} & set(training_sources(plan))
