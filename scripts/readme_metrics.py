@@ -1,12 +1,13 @@
-"""Render the README's metrics section from the pipeline's reports (never typed by hand).
+"""Render the README's and docs/ pages' figures from the pipeline's reports (never typed by hand).
 
-Replaces everything between ``<!-- metrics:start -->`` and ``<!-- metrics:end -->`` in README.md
-with tables built from ``reports/metrics/test.json`` (evaluate stage),
+Every section lives between a pair of markers in exactly one page: README.md or a page of
+``docs/`` beside it. ``<!-- metrics:start -->`` ... ``<!-- metrics:end -->`` is filled with
+tables built from ``reports/metrics/test.json`` (evaluate stage),
 ``reports/train/metrics.json`` (dvclive, train stage) and, when present,
 ``reports/bench/train_throughput.json``.
 
-    python scripts/readme_metrics.py            # rewrite README.md in place
-    python scripts/readme_metrics.py --check    # exit 1 if README.md is out of date (CI)
+    python scripts/readme_metrics.py            # rewrite README.md and docs/*.md in place
+    python scripts/readme_metrics.py --check    # exit 1 if a page is out of date (CI)
     python scripts/readme_metrics.py --print    # only print the section
 
 ``--check`` compares the README and the reports *as committed* (``git show HEAD:<path>``), not
@@ -45,6 +46,7 @@ from readme_sections.serving import (  # noqa: E402, F401 (serve_*: the tests re
     serve_load,
     serve_soak,
 )
+from readme_sections.unseen import render_unseen  # noqa: E402
 
 START, END = "<!-- metrics:start -->", "<!-- metrics:end -->"
 FER_START, FER_END = "<!-- fer2013:start -->", "<!-- fer2013:end -->"
@@ -57,6 +59,7 @@ ABL_START, ABL_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 CHOICE_START, CHOICE_END = "<!-- model_choice:start -->", "<!-- model_choice:end -->"
 CURVE_START, CURVE_END = "<!-- learning_curve:start -->", "<!-- learning_curve:end -->"
 REAL_START, REAL_END = "<!-- real_faces:start -->", "<!-- real_faces:end -->"
+UNSEEN_START, UNSEEN_END = "<!-- unseen:start -->", "<!-- unseen:end -->"
 #: Published FER2013 PrivateTest accuracies (7 classes) the real-data section compares with.
 EXTRA_REPORTS = {"synth": "synth/status.json", "quantize": "quantize.json",
                  "serve_load": "bench/serve_load.json", "serve_soak": "bench/serve_soak.json",
@@ -135,6 +138,7 @@ OPTIONAL_SECTIONS = (
     ("model_choice.json", render_model_choice, CHOICE_START, CHOICE_END),
     ("learning_curve.json", render_learning_curve, CURVE_START, CURVE_END),
     ("real_faces/xai.json", render_real_faces, REAL_START, REAL_END),
+    ("unseen.json", render_unseen, UNSEEN_START, UNSEEN_END),
 )
 
 
@@ -160,24 +164,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.print:
         print(section)
         return 0
-    old = read(args.readme)
-    if old is None:
+    if read(args.readme) is None:
         raise SystemExit(f"error: {args.readme} not found")
-    new = splice(old, section, args.readme)
+    old = {page: text for page in pages(args.readme) if (text := read(page)) is not None}
+    new = dict(old)
+    place(new, section, START, END)
     for rel, render_part, start, end in OPTIONAL_SECTIONS:
         report = _load(args.reports / rel, False, read)
         if report is not None:
-            new = splice(new, render_part(report), args.readme, start, end)
+            place(new, render_part(report), start, end)
+    stale = [page for page in new if new[page] != old[page]]
     if args.check:
-        if new != old:
-            print(f"{args.readme} metrics section is out of date with reports/ (as committed); "
-                  "run `python scripts/readme_metrics.py` and commit README and reports together",
+        if stale:
+            print(f"{', '.join(map(str, stale))}: out of date with reports/ (as committed); "
+                  "run `python scripts/readme_metrics.py` and commit the pages and reports "
+                  "together",
                   file=sys.stderr)
             return 1
         return 0
-    args.readme.write_text(new)
-    print(f"updated {args.readme}")
+    for page in stale:
+        page.write_text(new[page])
+    print(f"updated {', '.join(map(str, stale)) or 'nothing (all pages up to date)'}")
     return 0
+
+
+def pages(readme: Path) -> list[Path]:
+    """README.md and the markdown pages of ``docs/`` beside it."""
+    return [readme, *sorted((readme.parent / "docs").glob("*.md"))]
+
+
+def place(texts: dict[Path, str], section: str, start: str, end: str) -> None:
+    """Splice ``section`` into the one page of ``texts`` that holds ``start``."""
+    holders = [page for page, text in texts.items() if start in text]
+    if len(holders) != 1:
+        where = ", ".join(map(str, holders)) or "none of " + ", ".join(map(str, texts))
+        raise SystemExit(f"error: exactly one page must hold '{start}' ... '{end}'; found in "
+                         f"{where}")
+    texts[holders[0]] = splice(texts[holders[0]], section, holders[0], start, end)
 
 
 if __name__ == "__main__":

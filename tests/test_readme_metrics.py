@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 from pathlib import Path
 from types import ModuleType
@@ -158,3 +159,29 @@ def test_serve_load_table_shows_every_run_when_repeated(tool):
     text = "\n".join(tool.serve_load(report))
     assert "medians of 3 runs per scenario" in text
     assert "| 24.0 | 0.0 | 0.0 | 0 | 22.4, 25.1, 24.0 |" in text
+
+
+def test_sections_are_rendered_into_whichever_docs_page_holds_them(tool, tmp_path):
+    _write(tmp_path, 0.8)
+    (tmp_path / "README.md").write_text("# Title\n\nno figures here\n")
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "pipeline.md"
+    page.write_text("# Pipeline\n\n<!-- metrics:start -->\nold\n<!-- metrics:end -->\n")
+    assert tool.main(_args(tmp_path)) == 0
+    assert "| Test macro-F1 | 0.800 |" in page.read_text()
+    assert tool.main([*_args(tmp_path), "--check"]) == 0  # outside git: the working tree
+    _write(tmp_path, 0.7)
+    assert tool.main([*_args(tmp_path), "--check"]) == 1
+    (tmp_path / "README.md").write_text("<!-- metrics:start -->\n<!-- metrics:end -->\n")
+    with pytest.raises(SystemExit, match="exactly one page must hold"):
+        tool.main(_args(tmp_path))  # the same section in two pages
+
+
+def test_the_readme_is_short_and_in_the_newcomers_order():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    order = ["## The two commands", "## Use it", "## The shipped model on faces it has never",
+             "## Train on your own faces", "## Where everything else is"]
+    assert [readme.index(h) for h in order] == sorted(readme.index(h) for h in order)
+    for link in set(re.findall(r"\]\((docs/[^)#]+)", readme)):
+        assert (REPO / link).is_file(), link
