@@ -127,7 +127,8 @@ def score(protocol: Protocol, args: argparse.Namespace) -> int:
                 for spec in external_sets(params, model.classes)}
         summary = run_summary({"sets": sets, "model": str(path)}, f"shipped:{name}", None,
                               [u["name"] for u in protocol.unseen])
-        summary.update(name=f"shipped-{name}", screen=False, commit=git_commit(Path(".")),
+        summary.update(name=f"shipped-{name}", about=args.about, screen=False,
+                       commit=git_commit(Path(".")),
                        hardware=describe(cpu_info()))
         out = RUNS / f"shipped-{name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_score = sub.add_parser("score", help="score model files on the always-unseen sets")
     p_score.add_argument("models", nargs="+", type=Path, help="model folders or .onnx files")
     p_score.add_argument("--name", help="record name (default: the folder's name)")
+    p_score.add_argument("--about", default="", help="what the table says of this model")
     p_score.add_argument("--params", type=Path, default=Path("params.yaml"))
     p_decide = sub.add_parser("decide", help="logit-adjust a model: tau chosen on the "
                                              "always-unseen sets, baked into the file")

@@ -175,6 +175,7 @@ def protocol_table(runs: dict[str, dict[str, Any]], unseen: list[str]) -> dict[s
             if entries:
                 sets[name] = _cell(entries)
         table[recipe] = {"sets": sets, "runs": sorted(r.get("name", "") for r in recipe_runs),
+                         "about": next((r["about"] for r in recipe_runs if r.get("about")), ""),
                          "mean_balanced_accuracy": (float(np.mean([c["balanced_accuracy"]
                                                                    for c in sets.values()]))
                                                     if sets else None),
