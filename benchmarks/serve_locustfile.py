@@ -20,6 +20,9 @@ from typing import Any
 
 from locust import FastHttpUser, constant, events, task
 
+if __name__ == "__main__" or "EMOREC_LOCUST_PLAN" not in os.environ:
+    raise SystemExit("serve_locustfile.py: error: not a command; `python benchmarks/serve_load.py "
+                     "--help` runs these Locust users (it sets EMOREC_LOCUST_PLAN)")
 PLAN: dict[str, Any] = json.loads(Path(os.environ["EMOREC_LOCUST_PLAN"]).read_text())
 BODIES = [Path(item["body"]).read_bytes() for item in PLAN["items"]]
 # start (s), latency (ms), status, right answer, plan item, user, Server-Timing {stage: ms}

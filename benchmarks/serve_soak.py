@@ -10,6 +10,8 @@ the load. Writes ``reports/bench/serve_soak.json``; exits 1 when a check fails.
 
     python benchmarks/serve_soak.py                      # 10 minutes, 50 clients
     python benchmarks/serve_soak.py --duration 60        # a short check that it works
+
+Takes --duration plus a minute of warm-up: 11 min by default, on any machine.
 """
 
 from __future__ import annotations

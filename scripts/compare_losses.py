@@ -8,11 +8,13 @@ Each loss is one ``dvc exp run --temp evaluate -S train.loss=<loss>`` (named ``l
 run outside the workspace; stages after evaluate are not needed), so they show in ``dvc exp show``.
 The test-split F1 of the minority classes (``--classes``, default fearful, angry, surprised)
 and macro-F1 of each run go to ``reports/loss_comparison.json``.
+
+Writes reports/loss_comparison.json. Takes one demo training per loss, about 3 min each on 2
+cores (AMD EPYC).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from emorec.cli import script_parser
 
 LOSSES = ("ce", "focal", "ldam")
 MINORITY = ("fearful", "angry", "surprised")
@@ -64,8 +68,7 @@ def summarise(results: dict[str, dict[str, Any]], classes: list[str]) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
     parser.add_argument("--classes", nargs="+", default=list(MINORITY))
     parser.add_argument("--from-exps", action="store_true",

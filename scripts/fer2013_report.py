@@ -6,21 +6,23 @@
 
 ``--workspace`` reads the reports of another checkout (e.g. a git worktree where the run was
 made); the JSON is written to ``--out`` in this one.
+
+Writes reports/fer2013.json. Takes about a minute on 2 cores (AMD EPYC): it reads reports and
+checksums files.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from emorec.cli import script_parser
 from emorec.real_data import build_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--workspace", type=Path, default=Path("."),
                         help="DVC workspace holding the run's params.yaml, reports/ and data/")
     parser.add_argument("--out", type=Path, default=Path("reports/fer2013.json"))

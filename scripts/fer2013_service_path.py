@@ -7,17 +7,20 @@ PublicTest; PrivateTest is scored at that margin and at ``serve.face_margin``. W
 ``reports/fer2013_service_path.json``; ``scripts/readme_metrics.py`` puts it in the README.
 
     python scripts/fer2013_service_path.py --workspace /path/to/fer2013/run
+
+Writes reports/fer2013_service_path.json. Takes about 10 min on 2 cores (AMD EPYC): face
+detection on 7,178 images.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from emorec.cli import script_parser
 from emorec.config import load_params
 from emorec.faces import FaceSettings
 from emorec.inference import OnnxClassifier
@@ -26,8 +29,7 @@ from emorec.service_path import best_margin, detect_split, score
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--workspace", type=Path, default=Path("."),
                         help="the FER2013 run's DVC workspace (its data/processed/*.csv)")
     parser.add_argument("--model", type=Path, default=Path("models/fer2013/model.int8.onnx"))

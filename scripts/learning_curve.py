@@ -10,11 +10,13 @@ ever trained on), and for each N trains the same recipe on N images per class tw
 random weights and from ``--weights`` (``train.pretrained``). Writes
 ``reports/learning_curve.json`` (accuracy and balanced accuracy on the test people per N and
 start point) and ``reports/learning_curve.png``.
+
+Writes reports/learning_curve.json and .png. Takes about 20 min on 2 cores (AMD EPYC) for 4
+sizes x 2 starts.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -28,6 +30,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from emorec.cli import script_parser
 from emorec.hardware import cpu_info, describe
 from emorec.labels import write_label_map
 from emorec.weights import read_sidecar
@@ -116,8 +119,7 @@ def plot(report: dict[str, Any], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--weights", type=Path, required=True,
                         help="fp16 safetensors written by python -m emorec.weights export")
     parser.add_argument("--manifest", type=Path, required=True,

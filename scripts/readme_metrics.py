@@ -16,11 +16,12 @@ figures, and that local re-run must not make ``make test`` fail. Outside a git c
 source archive, a test's temporary folder) it reads the working tree.
 
 Standalone on purpose: no torch, no emorec import, so it runs anywhere the JSON files are.
+
+Writes README.md and docs/*.md (the marked sections only). Takes under a second.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -47,6 +48,8 @@ from readme_sections.serving import (  # noqa: E402, F401 (serve_*: the tests re
     serve_soak,
 )
 from readme_sections.unseen import render_unseen  # noqa: E402
+
+from emorec.cli import script_parser
 
 START, END = "<!-- metrics:start -->", "<!-- metrics:end -->"
 FER_START, FER_END = "<!-- fer2013:start -->", "<!-- fer2013:end -->"
@@ -143,8 +146,7 @@ OPTIONAL_SECTIONS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     parser.add_argument("--test", type=Path, default=Path("reports/metrics/test.json"))
     parser.add_argument("--train", type=Path, default=Path("reports/train/metrics.json"))

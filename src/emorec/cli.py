@@ -27,11 +27,30 @@ class Interrupted(EmorecError):
         super().__init__(message)
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                     argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring's layout kept as written, and every option's default shown."""
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """A script's parser: ``--help`` is the module docstring (what it does, what it writes, how
+    long it takes); a wrong argument is one line naming it, not the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def script_parser(doc: str | None) -> ScriptParser:
+    """:class:`ScriptParser` whose description and epilog are the docstring ``doc``."""
+    lines = (doc or "").strip().splitlines()
+    return ScriptParser(description=lines[0] if lines else None,
+                        epilog="\n".join(lines[1:]).strip() or None,
+                        formatter_class=_HelpFormatter)
+
+
 def stage_parser(description: str) -> argparse.ArgumentParser:
-    """An argparse parser with the options every stage shares (``--params``)."""
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    """A :func:`script_parser` with the options every stage shares (``--params``)."""
+    parser = script_parser(description)
     parser.add_argument(
         "--params", type=Path, default=Path("params.yaml"), help="parameter file to read"
     )
