@@ -15,7 +15,8 @@ the working tree: ``make repro`` on another CPU rewrites reports/ with slightly 
 figures, and that local re-run must not make ``make test`` fail. Outside a git checkout (a
 source archive, a test's temporary folder) it reads the working tree.
 
-Standalone on purpose: no torch, no emorec import, so it runs anywhere the JSON files are.
+No torch and nothing heavy: only emorec.cli (argparse, PyYAML), so it runs wherever the JSON
+files are.
 
 Writes README.md and docs/*.md (the marked sections only). Takes under a second.
 """
