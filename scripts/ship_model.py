@@ -29,6 +29,7 @@ from emorec.shipping import (
     run_report,
     set_shipped_default,
 )
+from emorec.unseen import CARD_END, CARD_HEADING, CARD_START
 
 
 def card(workspace: Path, report: dict, name: str, pictures: Path | None,
@@ -67,6 +68,9 @@ def card(workspace: Path, report: dict, name: str, pictures: Path | None,
                   f"![Grad-CAM, Grad-CAM++, SHAP and LIME]({up}/xai/comparison.png)", "",
                   f"![Confusion matrix]({up}/evaluate/confusion.png) "
                   f"![Reliability diagram]({up}/evaluate/reliability.png)"]
+    # filled by `python scripts/unseen.py report` (the protocol's table, emorec.unseen)
+    lines += ["", CARD_HEADING, "", CARD_START, "_Not scored yet: run `python scripts/unseen.py "
+              "score` and `report`._", CARD_END]
     if "weights.fp16.safetensors" in report["files"]:
         lines += ["", "## Fine-tune from these weights", "", "```yaml",
                   f"train.pretrained: models/{name}/weights.fp16.safetensors   # params.yaml",

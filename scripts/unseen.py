@@ -10,7 +10,7 @@
 <source> ... cross_corpus` in this workspace (ingest through the cross-corpus scoring; unchanged
 stages come from DVC's run cache) and writes reports/unseen/runs/<run>.json after each run, so an
 interrupted protocol resumes where it stopped (a finished run is skipped unless --force). At the
-recipe's own schedule one run takes about an hour on 2 CPU cores (resnet18, 64 px, 20 epochs);
+recipe's own schedule one run takes about an hour on 2 cores, AMD EPYC (resnet18, 64 px, 20 epochs);
 --screen (the file's `screen` overrides) about 10 minutes.
 
 `score` classifies the always-unseen sets with model files as they are (a shipped model trained
@@ -34,18 +34,21 @@ import numpy as np
 import yaml
 from run_preset import read_preset, set_args
 
+from emorec.cli import script_parser
 from emorec.config import Params, load_params
 from emorec.cross_corpus import NO_FACE, external_sets, fold_map, predict_set, redecide, score_set
 from emorec.decision import adjust_onnx, class_prior, logit_offset, recalibrate
 from emorec.errors import EmorecError
 from emorec.faces import FaceSettings
 from emorec.hardware import cpu_info, describe
+from emorec.headline import unseen_headline, write_headline
 from emorec.inference import META_MIN_CONFIDENCE, META_TEMPERATURE, OnnxClassifier
 from emorec.provenance import git_commit
 from emorec.sources import source_list, spec_candidates
 from emorec.unseen import (
     Protocol,
     brief,
+    card_with_table,
     headline,
     plan_run,
     protocol_table,
@@ -212,6 +215,11 @@ def report(protocol: Protocol, args: argparse.Namespace) -> int:
            "table": table, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
+    write_headline(args.headline, unseen_headline(out))
+    card = args.card or Path(str(load_params(args.params).get("serve.shipped_model"))) / "README.md"
+    if card.is_file():
+        card.write_text(card_with_table(card.read_text(), out))
+        print(f"table written into {card}")
     for name, row in table.items():
         mean = row["mean_balanced_accuracy"]
         print(f"{name}: mean {100 * mean:.1f}% over {sorted(row['sets'])}" if mean is not None
@@ -220,9 +228,7 @@ def report(protocol: Protocol, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     epilog="\n".join(__doc__.splitlines()[1:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--spec", type=Path, default=ROOT / "presets/unseen.yaml",
                         help="the protocol file (default: presets/unseen.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -251,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_decide.add_argument("--params", type=Path, default=Path("params.yaml"))
     p_report = sub.add_parser("report", help="write reports/unseen.json from the runs")
     p_report.add_argument("--out", type=Path, default=Path("reports/unseen.json"))
+    p_report.add_argument("--card", type=Path, default=None,
+                          help="model card to put the table in (default: the card of "
+                               "params.yaml's serve.shipped_model)")
+    p_report.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p_report.add_argument("--headline", type=Path, default=Path("reports/metrics/unseen.json"),
+                          help="the DVC metrics: each model's mean balanced accuracy")
     return parser
 
 

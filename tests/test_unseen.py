@@ -141,3 +141,14 @@ def test_the_shipped_protocol_file_plans_every_recipe_and_holdout():
             plan = plan_run(preset | recipe.overrides, heldout, protocol.unseen)
             assert heldout not in training_sources(plan)
             assert not {u["name"] for u in protocol.unseen} & set(training_sources(plan))
+
+
+def test_the_card_gets_the_table_once_and_keeps_the_rest():
+    from emorec.unseen import CARD_START, card_with_table
+
+    report = {"table": protocol_table({r["name"]: r for r in [
+        _run("shipped:m", None, {"nimstim": 0.5})]}, ["nimstim"])}
+    card = card_with_table("# card\n\nbody\n", report)
+    assert card.count(CARD_START) == 1 and "| `m`, file | 50.0% | **50.0%** |" in card
+    again = card_with_table(card.replace("50.0%", "old"), report)
+    assert again == card and again.startswith("# card\n\nbody\n")

@@ -153,6 +153,20 @@ def headline(entry: dict[str, Any]) -> float:
     return float((entry.get("folded") or entry["service"])["balanced_accuracy"])
 
 
+CARD_START, CARD_END = "<!-- unseen:start -->", "<!-- unseen:end -->"
+CARD_HEADING = "## Faces it has never seen (unseen-source protocol)"
+
+
+def card_with_table(card: str, report: dict[str, Any]) -> str:
+    """A model card with the protocol table between its unseen markers (a section with the
+    markers is appended when the card has none)."""
+    section = f"{CARD_START}\n{markdown_table(report)}\n{CARD_END}"
+    if CARD_START in card and CARD_END in card:
+        head, rest = card.split(CARD_START, 1)
+        return head + section + rest.split(CARD_END, 1)[1]
+    return f"{card.rstrip()}\n\n{CARD_HEADING}\n\n{section}\n"
+
+
 def protocol_table(runs: dict[str, dict[str, Any]], unseen: list[str]) -> dict[str, Any]:
     """Per recipe (or shipped model): each unseen set's headline figure, recall per class, the
     face-found rate, and the mean over sets.
@@ -205,3 +219,50 @@ def _mean_recall(sets: dict[str, Any]) -> dict[str, float]:
         for cls, value in cell["recall"].items():
             pooled.setdefault(cls, []).append(value)
     return {c: float(np.mean(v)) for c, v in sorted(pooled.items())}
+
+
+# -- rendering -------------------------------------------------------------------------------------
+#: Display order of classes in the recall table (6-class fold).
+TABLE_CLASSES = ("angry", "fearful", "happy", "neutral", "sad", "surprised")
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}%"
+
+
+def _label(name: str, row: dict[str, Any]) -> str:
+    label = (f"`{name.removeprefix('shipped:')}`, file" if name.startswith("shipped:")
+             else f"recipe `{name}`")
+    return f"{label}: {row['about']}" if row.get("about") else label
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """Balanced accuracy per unseen set (6 classes), the mean, then recall per class."""
+    table = report["table"]
+    sets: list[str] = []
+    for row in table.values():
+        sets += [s for s in row["sets"] if s not in sets]
+    sizes = {s: next(row["sets"][s]["n"] for row in table.values() if s in row["sets"])
+             for s in sets}
+    order = sorted(table, key=lambda r: -(table[r]["mean_balanced_accuracy"] or 0))
+    lines = ["| model | " + " | ".join(f"{s} ({sizes[s]})" for s in sets) + " | **mean** |",
+             "|---|" + "---:|" * (len(sets) + 1)]
+    for name in order:
+        row = table[name]
+        cells = [_pct(row["sets"].get(s, {}).get("balanced_accuracy")) for s in sets]
+        lines.append(f"| {_label(name, table[name])} | " + " | ".join(cells)
+                     + f" | **{_pct(row['mean_balanced_accuracy'])}** |")
+    lines += ["", "Recall per class, averaged over the sets that have the class:", "",
+              "| model | " + " | ".join(TABLE_CLASSES) + " |",
+              "|---|" + "---:|" * len(TABLE_CLASSES)]
+    for name in order:
+        recall = table[name]["mean_recall"]
+        lines.append(f"| {_label(name, table[name])} | "
+                     + " | ".join(_pct(recall.get(c)) for c in TABLE_CLASSES) + " |")
+    hardware = "; ".join(report.get("hardware", [])) or "hardware not recorded"
+    lines += ["", "Balanced accuracy with disgust folded into angry, through the service's own "
+              "path (face found, eyes levelled, cropped; no face found counts as wrong); a "
+              "held-out source is scored by the run that left it out. Scored on "
+              f"{hardware}. _Generated from `reports/unseen.json` "
+              "(`scripts/unseen.py`)._"]
+    return "\n".join(lines)
