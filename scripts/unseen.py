@@ -126,6 +126,18 @@ def score(protocol: Protocol, args: argparse.Namespace) -> int:
         name = args.name or (target.name if target.is_dir() else target.stem)
         model = OnnxClassifier(path)
         fold = fold_map(params, model.classes)
+        if args.into:  # a protocol run's kept model: score the unseen sets it has not seen yet
+            run_file = RUNS / f"{args.into}.json"
+            record = json.loads(run_file.read_text())
+            missing = [s for s in external_sets(params, model.classes)
+                       if s.name not in record["sets"]]
+            for spec in missing:
+                # held out of that run's ingest: its near copies may have trained (unlikely)
+                record["sets"][spec.name] = brief(score_set(predict_set(model, spec, faces),
+                                                            fold)) | {"added_after_run": True}
+            run_file.write_text(json.dumps(record, indent=2) + "\n")
+            print(f"{args.into}: scored {[s.name for s in missing]} with {path}")
+            continue
         sets = {spec.name: score_set(predict_set(model, spec, faces), fold)
                 for spec in external_sets(params, model.classes)}
         summary = run_summary({"sets": sets, "model": str(path)}, f"shipped:{name}", None,
@@ -245,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_score.add_argument("models", nargs="+", type=Path, help="model folders or .onnx files")
     p_score.add_argument("--name", help="record name (default: the folder's name)")
     p_score.add_argument("--about", default="", help="what the table says of this model")
+    p_score.add_argument("--into", metavar="RUN",
+                         help="add the sets a protocol run RUN lacks (a set added to the file "
+                              "after it ran), scored with its kept model")
     p_score.add_argument("--params", type=Path, default=Path("params.yaml"))
     p_decide = sub.add_parser("decide", help="logit-adjust a model: tau chosen on the "
                                              "always-unseen sets, baked into the file")

@@ -17,6 +17,7 @@ from emorec.config import Params
 from emorec.cross_corpus import external_sets, fold_map, predict_set, score_set, summary
 from emorec.faces import FaceSettings
 from emorec.hardware import cpu_info, describe
+from emorec.headline import cross_corpus_headline, write_headline
 from emorec.inference import OnnxClassifier
 
 log = logging.getLogger("emorec.stages.cross_corpus")
@@ -33,6 +34,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
               "hardware": describe(cpu_info()), "sets": sets, "mean": summary(sets)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_headline(args.headline, cross_corpus_headline(report))
     for name, entry in sets.items():
         if entry["n"]:
             log.info("%s: %d images, face found in %.1f%%, accuracy %.1f%%, balanced %.1f%%",
@@ -49,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ONNX model to score (e.g. a shipped one under models/)")
     parser.add_argument("--out", type=Path, default=Path("reports/cross_corpus.json"),
                         help="report of every set")
+    parser.add_argument("--headline", type=Path,
+                        default=Path("reports/metrics/cross_corpus.json"),
+                        help="the DVC metrics: means over the sets")
     return parser
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from emorec.cli import run_stage, stage_parser
 from emorec.config import Params
+from emorec.headline import quantize_headline, write_headline
 from emorec.quantize import QuantizeSettings, run_quantize
 
 log = logging.getLogger("emorec.stages.quantize")
@@ -21,6 +22,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
                           settings, params.classes)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(report, indent=2) + "\n")
+    write_headline(args.headline, quantize_headline(report))
     t = report["targets"]
     log.info("macro-F1 FP32 %.4f -> INT8 %.4f (drop %.4f, target met: %s)",
              report["fp32"]["test"]["macro_f1"], report["int8"]["test"]["macro_f1"],
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ORT-format INT8 model to write (mobile runtimes)")
     parser.add_argument("--report", type=Path, default=Path("reports/quantize.json"),
                         help="accuracy, size and latency report")
+    parser.add_argument("--headline", type=Path, default=Path("reports/metrics/quantize.json"),
+                        help="the DVC metrics: INT8 accuracy, macro-F1 drop, latency, size")
     return parser
 
 

@@ -11,10 +11,12 @@ SIGINT/SIGTERM stop after the current step with the state saved (exit status 128
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 from emorec.cli import run_stage, stage_parser
+from emorec.headline import train_headline, write_headline
 from emorec.training import TrainPaths, run
 
 
@@ -35,6 +37,8 @@ def build_parser():
                         help="resumable training state, written every epoch and on SIGINT/SIGTERM")
     parser.add_argument("--live-dir", type=Path, default=Path("reports/train"),
                         help="dvclive directory: metrics.json and per-epoch plots")
+    parser.add_argument("--headline", type=Path, default=Path("reports/metrics/train.json"),
+                        help="the DVC metrics: best val macro-F1, epochs, images/s")
     parser.add_argument("--fresh", action="store_true",
                         help="start at epoch 1 even when --state holds a run to continue")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -46,6 +50,9 @@ def main(params, args) -> None:
                        class_weights=args.class_weights, best=args.out, state=args.state,
                        live_dir=args.live_dir, code=(Path(__file__),))
     run(params, paths, resume=not args.fresh, progress=not args.no_progress)
+    summary = args.live_dir / "metrics.json"
+    if summary.is_file():  # every rank runs main; dvclive writes on rank 0 only
+        write_headline(args.headline, train_headline(json.loads(summary.read_text())))
 
 
 if __name__ == "__main__":
