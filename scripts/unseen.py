@@ -153,6 +153,19 @@ def score(protocol: Protocol, args: argparse.Namespace) -> int:
     return 0
 
 
+def pooled_trials(trials: dict[str, Any], recipe: str, holdout: str | None) -> dict[str, Any]:
+    """Each tau's mean balanced accuracy, averaged with the recipe's leave-one-source-out
+    decisions (``reports/unseen/decision-<recipe>-lo-*.json``) when this is the shipped file:
+    tau is a choice for the recipe, so every unseen source it was scored on has a say."""
+    others = [] if holdout else sorted(RUNS.parent.glob(f"decision-{recipe}-lo-*.json"))
+    runs = [trials] + [json.loads(p.read_text())["trials"] for p in others]
+    pooled: dict[str, Any] = {"from": ["this model", *map(str, others)]}
+    for tau in trials:
+        scores = [run[tau]["mean_balanced_accuracy"] for run in runs if tau in run]
+        pooled[tau] = float(np.mean(scores))
+    return pooled
+
+
 def decide(protocol: Protocol, args: argparse.Namespace) -> int:
     """Post-hoc logit adjustment of a model, tau chosen on the always-unseen sets."""
     base = load_params(args.params).to_dict()
@@ -161,14 +174,16 @@ def decide(protocol: Protocol, args: argparse.Namespace) -> int:
     faces = FaceSettings.from_params(params)
     model = OnnxClassifier(args.model)
     classes = model.classes
-    train_specs = source_list(Params({"s": preset["data.sources"]}), "s", classes)
+    entries = [e for e in preset["data.sources"] if e["name"] != args.holdout]
+    train_specs = source_list(Params({"s": entries}), "s", classes)
     prior = class_prior((c for spec in train_specs for c in spec_candidates(spec, classes)
                          if c.usage in ("train", "")), classes)
     print("train prior: " + ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, prior,
                                                                      strict=True)))
     fold = fold_map(params, classes)
-    unseen = source_list(Params({"s": [scoring_entry(u) for u in protocol.unseen]}), "s",
-                         classes)
+    held = [e for e in preset["data.sources"] if e["name"] == args.holdout]
+    unseen = source_list(Params({"s": [scoring_entry(u) for u in [*held, *protocol.unseen]]}),
+                         "s", classes)
     preds = {spec.name: predict_set(model, spec, faces) for spec in unseen}
     trials = {}
     for tau in args.taus:
@@ -179,7 +194,11 @@ def decide(protocol: Protocol, args: argparse.Namespace) -> int:
             [headline(v) for v in sets.values()]))}
         print(f"tau {tau:g}: mean {100 * trials[f'{tau:g}']['mean_balanced_accuracy']:.1f}% "
               + " ".join(f"{n} {100 * headline(v):.1f}%" for n, v in sets.items()))
-    best = min(args.taus, key=lambda t: (-trials[f"{t:g}"]["mean_balanced_accuracy"], t))
+    pooled = pooled_trials(trials, args.recipe, args.holdout)
+    best = min(args.taus, key=lambda t: (-pooled[f"{t:g}"], t))
+    if len(pooled.get("from", [])) > 1:
+        print(f"pooled with {pooled['from'][1:]}: " + ", ".join(
+            f"tau {t:g} {100 * pooled[f'{t:g}']:.1f}%" for t in args.taus))
     offset = logit_offset(prior, best)
     # the temperature and threshold are fitted again on the training sources' val faces
     val_specs = [replace(spec, usage={k: v for k, v in spec.usage.items() if v == "val"})
@@ -194,7 +213,7 @@ def decide(protocol: Protocol, args: argparse.Namespace) -> int:
     fitted = recalibrate(np.concatenate(logits), np.asarray(labels),
                          params.number("evaluate.min_confidence_coverage", low=0, high=1))
     record = {"tau": best, "prior": dict(zip(classes, map(float, prior), strict=True)),
-              "chosen_on": [u["name"] for u in protocol.unseen],
+              "chosen_on": [spec.name for spec in unseen], "pooled_with": pooled["from"][1:],
               "recalibrated_on": [f"{s.name} val" for s in val_specs], **fitted}
     out = args.out or args.model
     tmp = out.with_suffix(".adjusted.onnx")
@@ -206,6 +225,13 @@ def decide(protocol: Protocol, args: argparse.Namespace) -> int:
                 "trials": trials, "hardware": describe(cpu_info())}
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(decision, indent=2) + "\n")
+    if args.holdout:  # the recipe with this decision, as a protocol run of its own
+        name = f"unseen-{args.recipe}-decided-lo-{args.holdout}"
+        run_record = {"name": name, "recipe": f"{args.recipe} + decision", "heldout": args.holdout,
+                      "about": f"logit-adjusted at tau {best:g}", "model": str(out),
+                      "sets": trials[f"{best:g}"]["sets"], "commit": git_commit(Path(".")),
+                      "hardware": describe(cpu_info())}
+        (RUNS / f"{name}.json").write_text(json.dumps(run_record, indent=2) + "\n")
     print(f"tau {best:g} -> {out} (T {fitted['temperature']:.2f}, min_confidence "
           f"{fitted['min_confidence']:.2f}); {args.report}")
     return 0
@@ -218,6 +244,8 @@ def report(protocol: Protocol, args: argparse.Namespace) -> int:
         return 2
     unseen = [u["name"] for u in protocol.unseen]
     table = protocol_table(runs, unseen)
+    for name, row in table.items():  # recipe rows say what the recipe is
+        row["about"] = row["about"] or getattr(protocol.recipes.get(name), "about", "")
     out = {"protocol": str(args.spec.relative_to(ROOT)) if args.spec.is_absolute() else
            str(args.spec), "unseen": unseen, "holdout": protocol.holdout,
            "headline": "mean balanced accuracy (6 classes: disgust folded into angry) over the "
@@ -266,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_decide.add_argument("model", type=Path, help="unadjusted INT8 ONNX model")
     p_decide.add_argument("--recipe", default="default",
                           help="the recipe it was trained by (its sources give the prior)")
+    p_decide.add_argument("--holdout", metavar="SOURCE",
+                          help="the model is a protocol run that left SOURCE out: the prior "
+                               "leaves it out too, and it is scored with the unseen sets")
     p_decide.add_argument("--taus", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1.0])
     p_decide.add_argument("--out", type=Path, help="adjusted model (default: in place)")
     p_decide.add_argument("--report", type=Path, default=Path("reports/decision.json"))
