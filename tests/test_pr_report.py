@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def _run(repo: Path, *cmd: str) -> None:
     subprocess.run(list(cmd), cwd=repo, check=True, capture_output=True,
                    env={"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
                         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
-                        "PATH": __import__("os").environ["PATH"], "HOME": str(repo)})
+                        "PATH": os.environ["PATH"], "HOME": str(repo), "DVC_NO_ANALYTICS": "1"})
 
 
 def _commit(repo: Path, accuracy: float, losses: list[float], shade: int) -> None:
