@@ -270,7 +270,8 @@ def test_fingerprint_lists_match_dvc_yaml():
     assert in_package == {m for m in CODE_MODULES if m.startswith("emorec.training")}
     assert tuple(stage["params"]) == STAGE_PARAMS
     outs = {next(iter(o)): o[next(iter(o))] for o in stage["outs"] if isinstance(o, dict)}
-    assert outs == {"models/best.pt": {"persist": True}, "models/last.pt": {"persist": True}}
+    assert outs == {"models/best.pt": {"persist": True}, "models/last.pt": {"persist": True},
+                    "reports/train/metrics.json": {"cache": False}}
 
 
 # -- the stage script ----------------------------------------------------------------------------

@@ -52,7 +52,8 @@ CODE_MODULES = ("emorec.split_csv", "emorec.training", "emorec.training.config",
                 "emorec.training.distributed", "emorec.training.loaders", "emorec.training.stage",
                 "emorec.training.state", "emorec.training.trainer", "emorec.callbacks",
                 "emorec.evaluation", "emorec.precision", "emorec.memory_data", "emorec.losses",
-                "emorec.models", "emorec.data", "emorec.transforms", "emorec.camera_augment")
+                "emorec.models", "emorec.data", "emorec.transforms", "emorec.camera_augment",
+                "emorec.headline")
 #: Layout version of the state file; a state of another layout is not resumed.
 STATE_FORMAT = 2
 #: Under DDP the ranks agree on a stop request every this many steps (one all-reduce each).
