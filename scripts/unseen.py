@@ -37,7 +37,7 @@ from run_preset import read_preset, set_args
 from emorec.cli import script_parser
 from emorec.config import Params, load_params
 from emorec.cross_corpus import NO_FACE, external_sets, fold_map, predict_set, redecide, score_set
-from emorec.decision import adjust_onnx, class_prior, logit_offset, recalibrate
+from emorec.decision import META_ADJUSTMENT, adjust_onnx, class_prior, logit_offset, recalibrate
 from emorec.errors import EmorecError
 from emorec.faces import FaceSettings
 from emorec.hardware import cpu_info, describe
@@ -258,7 +258,9 @@ def report(protocol: Protocol, args: argparse.Namespace) -> int:
     write_headline(args.headline, unseen_headline(out))
     card = args.card or Path(str(load_params(args.params).get("serve.shipped_model"))) / "README.md"
     if card.is_file():
-        card.write_text(card_with_table(card.read_text(), out))
+        served = OnnxClassifier(card.parent / "model.int8.onnx")
+        decision = json.loads(served.metadata.get(META_ADJUSTMENT, "null"))
+        card.write_text(card_with_table(card.read_text(), out, decision))
         print(f"table written into {card}")
     for name, row in table.items():
         mean = row["mean_balanced_accuracy"]

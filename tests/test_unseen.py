@@ -152,3 +152,6 @@ def test_the_card_gets_the_table_once_and_keeps_the_rest():
     assert card.count(CARD_START) == 1 and "| `m`, file | 50.0% | **50.0%** |" in card
     again = card_with_table(card.replace("50.0%", "old"), report)
     assert again == card and again.startswith("# card\n\nbody\n")
+    noted = card_with_table(card, report, {"tau": 0.75, "chosen_on": ["nimstim"]})
+    assert "logit-adjusted (tau 0.75, chosen on nimstim" in noted
+    assert noted.count(CARD_START) == 1

@@ -157,10 +157,17 @@ CARD_START, CARD_END = "<!-- unseen:start -->", "<!-- unseen:end -->"
 CARD_HEADING = "## Faces it has never seen (unseen-source protocol)"
 
 
-def card_with_table(card: str, report: dict[str, Any]) -> str:
+def card_with_table(card: str, report: dict[str, Any], decision: dict[str, Any] | None = None
+                    ) -> str:
     """A model card with the protocol table between its unseen markers (a section with the
-    markers is appended when the card has none)."""
-    section = f"{CARD_START}\n{markdown_table(report)}\n{CARD_END}"
+    markers is appended when the card has none); ``decision`` (the file's logit adjustment
+    record, :data:`emorec.decision.META_ADJUSTMENT`) is stated above the table."""
+    note = ""
+    if decision:
+        note = (f"The file's answer is logit-adjusted (tau {decision['tau']:g}, chosen on "
+                f"{', '.join(decision.get('chosen_on', []))}; `emorec.decision`): the test-split "
+                "figures above were measured before that, with a plain argmax.\n\n")
+    section = f"{CARD_START}\n{note}{markdown_table(report)}\n{CARD_END}"
     if CARD_START in card and CARD_END in card:
         head, rest = card.split(CARD_START, 1)
         return head + section + rest.split(CARD_END, 1)[1]
