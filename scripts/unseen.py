@@ -104,7 +104,9 @@ def run(protocol: Protocol, args: argparse.Namespace) -> int:
             if args.keep_models:
                 args.keep_models.mkdir(parents=True, exist_ok=True)
                 shutil.copy2("models/model.int8.onnx", args.keep_models / f"{name}.int8.onnx")
-            print(f"{name}: {json.dumps({k: v.get('folded', v.get('service', {})).get('balanced_accuracy') for k, v in summary['sets'].items()})}", flush=True)  # noqa: E501
+            print(f"{name}: " + ", ".join(f"{s} {100 * headline(v):.1f}%"
+                                          for s, v in summary["sets"].items() if v["n"]),
+                  flush=True)
     return 0
 
 
