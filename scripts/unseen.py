@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def run(protocol: Protocol, args: argparse.Namespace) -> int:
             plan = recipe_plan(protocol, recipe, heldout, args.screen)
             cmd = ["dvc", "exp", "run", "--name", name, *set_args(plan), "cross_corpus"]
             if args.print:
-                print(" ".join(cmd))
+                print(shlex.join(cmd))
                 continue
             if out.is_file() and not args.force:
                 print(f"{name}: done before ({out}), skipped", flush=True)
