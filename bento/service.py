@@ -29,7 +29,8 @@ preprocessing come from the model file's metadata). With no environment the serv
 real-face model shipped in ``serve.shipped_model`` (``serve.model: shipped``); ``serve.model:
 pipeline`` (or ``fp32``) serves this pipeline's own model (:mod:`emorec.served_model`).
 ``EMOREC_MODEL`` overrides the model file, ``EMOREC_PARAMS`` the parameter file. ``/health`` says
-which model answers and where it came from.
+which model answers and where it came from. Browsers may call it from the origins in
+``serve.cors_origins`` (none by default): the web app's fallback to the service.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BadInput
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
@@ -172,6 +174,10 @@ class EmotionClassifier:
         return WORKER.info()
 
 
+# CORS outermost: the upload guard answers /classify itself, and its answers need the headers too
+# (BentoML's own http.cors setting would sit inside the guard).
+if SETTINGS.cors_options():
+    EmotionClassifier.add_asgi_middleware(CORSMiddleware, **SETTINGS.cors_options())
 _MULTIPART_SLACK = 64 * 1024  # form boundaries, part headers, the mode/face_crop fields
 _OPTIONS = ("mode", "face_crop")
 EmotionClassifier.add_asgi_middleware(UploadGuard, rules={

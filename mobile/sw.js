@@ -2,10 +2,10 @@
 // Network first (so a new model or app version is picked up as soon as it is online), falling
 // back to the cache; every same-origin GET that succeeds (app shell, onnxruntime-web's wasm, the
 // model and its JSON) is cached on the way through.
-const CACHE = 'emorec-v1';
+const CACHE = 'emorec-v2';
 const SHELL = [
-  './', './index.html', './manifest.webmanifest', './src/app.js', './src/live.js', './src/preprocess.js',
-  './src/style.css', './icons/icon.svg', './icons/icon-192.png', './icons/icon-512.png',
+  './', './index.html', './manifest.webmanifest', './src/app.js', './src/draw.js', './src/faces.js',
+  './src/live.js', './src/preprocess.js', './src/service.js', './src/style.css', './icons/icon.svg', './icons/icon-192.png', './icons/icon-512.png',
 ];
 
 self.addEventListener('install', (event) => {

@@ -10,6 +10,7 @@ its probabilities match onnxruntime's.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -113,7 +114,8 @@ def assets_dir(model_files, small_params, tmp_path_factory) -> Path:
     run = run_python(args, timeout=120)
     assert run.returncode == 0, run.stderr
     report = json.loads((work / "report.json").read_text())
-    assert sorted(report["files"]) == ["config.json", "label_map.json", "model.int8.onnx"]
+    assert sorted(report["files"]) == ["config.json", "label_map.json", "model.int8.onnx",
+                                       "mtcnn/onet.onnx", "mtcnn/pnet.onnx", "mtcnn/rnet.onnx"]
     return work / "model"
 
 
@@ -128,8 +130,9 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def translate_path(self, path: str) -> str:
         if path.startswith(TEST_MODEL_PREFIX):
-            name = path[len(TEST_MODEL_PREFIX):].split("?")[0]
-            return str(self.model_dir / Path(name).name)
+            name = Path(path[len(TEST_MODEL_PREFIX):].split("?")[0])
+            # the model folder's files and its mtcnn/ weights; nothing above the folder
+            return str(self.model_dir.joinpath(*[p for p in name.parts if p not in ("..", "/")]))
         return super().translate_path(path)
 
     def end_headers(self) -> None:
@@ -142,18 +145,27 @@ class _Handler(SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def server(assets_dir) -> Iterator[str]:
+@contextlib.contextmanager
+def serve_app(model_dir: Path) -> Iterator[str]:
+    """The app (mobile/) on a loopback port, ``model_dir`` under TEST_MODEL_PREFIX; its URL."""
     if not (MOBILE / "node_modules" / "onnxruntime-web" / "dist").is_dir():
         pytest.fail("mobile/node_modules is missing: run `bash scripts/setup_browser.sh`")
-    handler = type("Handler", (_Handler,), {"model_dir": assets_dir})
+    handler = type("Handler", (_Handler,), {"model_dir": model_dir})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0),
                                 functools.partial(handler, directory=str(MOBILE)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def server(assets_dir) -> Iterator[str]:
+    with serve_app(assets_dir) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +299,7 @@ def test_pwa_is_installable_and_works_offline(page, server, tmp_path):
     # Once the worker controls the page, one online visit caches the runtime and the model ...
     page.reload()
     page.evaluate("window.emorec.ready.then(() => true)")
-    cached = page.evaluate("""caches.open('emorec-v1').then(c => c.keys())
+    cached = page.evaluate("""caches.open('emorec-v2').then(c => c.keys())
                               .then(k => k.map(r => new URL(r.url).pathname))""")
     assert {"/src/preprocess.js", f"{TEST_MODEL_PREFIX}model.int8.onnx"} <= set(cached)
     assert any(path.endswith(".wasm") for path in cached)

@@ -1,11 +1,16 @@
 // The PWA: load the pipeline's INT8 ONNX model with onnxruntime-web, take a photo (camera) or a
-// file, crop the face, preprocess exactly as training did (./preprocess.js) and show the class
-// probabilities as bars. Everything runs on the device; the only requests go to this origin.
+// file, find every face as the service does (./faces.js: the service's MTCNN weights, eye
+// levelling, its margin), preprocess exactly as training did (./preprocess.js) and show each
+// face's label on the photo and the largest face's class probabilities as bars. Everything runs
+// on the device; the only requests go to this origin, unless the user (or a device that cannot
+// run the model) hands the photo to the BentoML service (./service.js).
 //
 // Query parameters (all optional):
 //   model=<url of a folder>  where config.json, label_map.json and the model live
 //                            (default ./public/model/, written by `dvc repro mobile_assets`)
 //   crop=auto|center|none    overrides config.json's crop mode
+//   api=<service url>        the BentoML service to fall back to (overrides config.json's api.url)
+//   infer=device|service     where photos are classified (default: on the device when it can)
 //   sw=0                     do not register the service worker (development)
 //   tfjs=wasm|webgl|cpu      TensorFlow.js backend of the live mode's face detector
 //                            (default: the fastest on this device, timed the first time live
@@ -15,11 +20,15 @@
 // is the latest result and every result is also dispatched as an `emorec:result` event; `live`
 // starts/stops the live mode (./live.js) and reports its frame rate and faces.
 import * as ort from 'onnxruntime-web';
+import { drawFaces, scaleBox } from './draw.js';
+import { createMtcnn, findFaces } from './faces.js';
 import { createLive } from './live.js';
-import { centerSquare, faceCrop, preprocess } from './preprocess.js';
+import { centerSquare, preprocess } from './preprocess.js';
+import { askService, facesFromAnswer, hasWasmSimd } from './service.js';
 
 const query = new URLSearchParams(window.location.search);
 const modelBase = new URL(query.get('model') || './public/model/', window.location.href);
+const NO_FACE = 'no face found'; // the service's words (emorec.serving.answers.NO_FACE)
 const $ = (id) => document.getElementById(id);
 
 function setStatus(text, isError = false) {
@@ -34,7 +43,7 @@ async function fetchJson(url) {
   return response.json();
 }
 
-/** config.json + label_map.json -> {size, mean, std, classes, crop, margin, modelUrl, ...}. */
+/** config.json + label_map.json -> {size, mean, std, classes, crop, margin, faces, modelUrl, ...}. */
 async function loadConfig() {
   const config = await fetchJson(new URL('config.json', modelBase));
   const labelMap = await fetchJson(new URL(config.label_map || 'label_map.json', modelBase));
@@ -43,17 +52,24 @@ async function loadConfig() {
       || classes.some((name, i) => name !== config.classes[i])) {
     throw new Error('label_map.json and config.json disagree on the classes; re-run mobile_assets');
   }
+  const crop = query.get('crop') || config.crop.mode;
+  if (crop === 'auto' && !config.faces) {
+    throw new Error('config.json has no face detector settings; re-run mobile_assets');
+  }
   return {
     size: config.image.size,
     mean: config.image.mean,
     std: config.image.std,
     classes,
-    crop: query.get('crop') || config.crop.mode,
+    crop,
     margin: config.crop.face_margin,
+    faces: config.faces,
     modelUrl: new URL(config.model, modelBase),
     inputName: config.input_name,
     // Calibration temperature fitted on val (ONNX metadata emorec.temperature); 1 = plain softmax.
     temperature: config.temperature > 0 ? config.temperature : 1,
+    minConfidence: config.min_confidence || 0,
+    apiUrl: config.api?.url || null,
   };
 }
 
@@ -67,45 +83,12 @@ async function createSession(modelUrl) {
   });
 }
 
-/** Where to crop: a detected face (FaceDetector, where the browser has it) or the centre. */
-async function chooseCrop(bitmap, mode, margin) {
-  const { width, height } = bitmap;
-  if (mode === 'none') return { x: 0, y: 0, width, height, method: 'none' };
-  if (mode === 'auto' && 'FaceDetector' in window) {
-    try {
-      const faces = await new window.FaceDetector({ fastMode: true, maxDetectedFaces: 4 })
-        .detect(bitmap);
-      if (faces.length > 0) {
-        const area = (f) => f.boundingBox.width * f.boundingBox.height;
-        const largest = faces.reduce((a, b) => (area(b) > area(a) ? b : a));
-        return { ...faceCrop(largest.boundingBox, width, height, margin), method: 'face' };
-      }
-    } catch (err) {
-      console.warn('FaceDetector failed, using the centre crop', err);
-    }
-  }
-  return { ...centerSquare(width, height), method: 'center' };
-}
-
-/** RGBA pixels of a region of a bitmap, copied 1:1 (no scaling, so no browser resampling). */
-function readPixels(bitmap, region) {
-  const canvas = document.createElement('canvas');
-  canvas.width = region.width;
-  canvas.height = region.height;
-  const ctx = canvas.getContext('2d', { willReadFrequently: true });
-  ctx.imageSmoothingEnabled = false;
-  ctx.drawImage(bitmap, region.x, region.y, region.width, region.height,
-    0, 0, region.width, region.height);
-  return ctx.getImageData(0, 0, region.width, region.height).data;
-}
-
-/** softmax(logits / temperature), as emorec.inference.OnnxClassifier.probabilities. */
-function softmax(logits, temperature = 1) {
-  const scaled = Array.from(logits, (v) => v / temperature);
-  const max = Math.max(...scaled);
-  const exps = scaled.map((v) => Math.exp(v - max));
-  const sum = exps.reduce((a, b) => a + b, 0);
-  return exps.map((v) => v / sum);
+/** The model and the face detector on this device; throws why they cannot run here. */
+async function loadOnDevice(config) {
+  if (!hasWasmSimd()) throw new Error('this browser has no WebAssembly SIMD');
+  const session = await createSession(config.modelUrl);
+  const detector = config.crop === 'auto' ? await createMtcnn(ort, modelBase, config.faces) : null;
+  return { session, detector };
 }
 
 function renderBars(classes, probs) {
@@ -128,50 +111,160 @@ function renderBars(classes, probs) {
   }));
 }
 
-function drawPreview(bitmap, crop) {
+/** RGBA pixels of a region of a bitmap, copied 1:1 (no scaling, so no browser resampling). */
+function readPixels(bitmap, region) {
+  const canvas = document.createElement('canvas');
+  canvas.width = region.width;
+  canvas.height = region.height;
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(bitmap, region.x, region.y, region.width, region.height,
+    0, 0, region.width, region.height);
+  return ctx.getImageData(0, 0, region.width, region.height).data;
+}
+
+/**
+ * The faces of a photo with their crop pixels, by the crop mode: `auto` finds them as the
+ * service does (./faces.js: MTCNN, eye-levelled crops, the blank and small-upload rules);
+ * `center` takes the largest centred square, `none` the whole photo.
+ * Returns [{box, score, landmarks, angle, rgba, width, height, method}].
+ */
+async function photoFaces(app, bitmap) {
+  const { width, height } = bitmap;
+  const { crop: mode, faces: settings, margin } = app.config;
+  if (mode === 'center' || mode === 'none') {
+    const box = mode === 'center' ? centerSquare(width, height) : { x: 0, y: 0, width, height };
+    return [{ box, score: null, landmarks: null, angle: 0, rgba: readPixels(bitmap, box),
+      width: box.width, height: box.height, method: mode }];
+  }
+  const pixels = readPixels(bitmap, { x: 0, y: 0, width, height });
+  const found = await findFaces(app.detector, pixels, width, height, settings, margin);
+  return found.map((face) => ({ ...face, method: face.landmarks ? 'face' : 'whole' }));
+}
+
+/** softmax(logits / temperature), as emorec.inference.OnnxClassifier.probabilities. */
+function softmax(logits, temperature = 1) {
+  const scaled = Array.from(logits, (v) => v / temperature);
+  const max = Math.max(...scaled);
+  const exps = scaled.map((v) => Math.exp(v - max));
+  const sum = exps.reduce((a, b) => a + b, 0);
+  return exps.map((v) => v / sum);
+}
+
+/** A face's answer as the service words it (emorec.inference.describe_row): the top class, or
+ * "uncertain" below the model's confidence threshold, `predicted` keeping the top class. */
+function describe(probs, classes, minConfidence) {
+  const best = probs.indexOf(Math.max(...probs));
+  const uncertain = minConfidence > 0 && probs[best] < minConfidence;
+  return {
+    label: uncertain ? 'uncertain' : classes[best],
+    predicted: classes[best],
+    confidence: probs[best],
+    probabilities: Object.fromEntries(classes.map((c, i) => [c, probs[i]])),
+    probs,
+  };
+}
+
+/** Every face of the photo through the model as one batch: the faces with their answers. */
+async function classifyOnDevice(app, bitmap) {
+  const started = performance.now();
+  const faces = await photoFaces(app, bitmap);
+  const msDetect = performance.now() - started;
+  if (!faces.length) return { faces, msDetect, ms: performance.now() - started };
+  const { size, mean, std, classes } = app.config;
+  const inputs = faces.map((f) => preprocess(f.rgba, f.width, f.height, { size, mean, std }));
+  const data = new Float32Array(faces.length * size * size);
+  inputs.forEach((input, i) => data.set(input.data, i * size * size));
+  const feeds = { [app.inputName]: new ort.Tensor('float32', data, [faces.length, 1, size, size]) };
+  const logits = (await app.session.run(feeds))[app.outputName].data;
+  const n = classes.length;
+  const answered = faces.map(({ rgba, ...face }, i) => {
+    const row = Array.from(logits.slice(i * n, (i + 1) * n));
+    return { ...face, ...describe(softmax(row, app.config.temperature), classes,
+      app.config.minConfidence), logits: row, input: Array.from(inputs[i].data) };
+  });
+  return { faces: answered, msDetect, ms: performance.now() - started };
+}
+
+/** The photo, with a box and a label on every face, scaled to the preview canvas. */
+function drawPreview(bitmap, faces) {
   const canvas = $('preview');
   const scale = Math.min(1, 480 / Math.max(bitmap.width, bitmap.height));
   canvas.width = Math.round(bitmap.width * scale);
   canvas.height = Math.round(bitmap.height * scale);
   const ctx = canvas.getContext('2d');
   ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
-  ctx.strokeStyle = '#ffcc00';
-  ctx.lineWidth = 3;
-  ctx.strokeRect(crop.x * scale, crop.y * scale, crop.width * scale, crop.height * scale);
+  drawFaces(ctx, faces.map((face) => ({
+    box: scaleBox(face.box, scale),
+    text: `${face.label} ${(face.confidence * 100).toFixed(0)}%`,
+  })));
   canvas.hidden = false;
 }
 
 let seq = 0;
 
-async function classifyBitmap(app, bitmap) {
-  const crop = await chooseCrop(bitmap, app.config.crop, app.config.margin);
-  const { size, mean, std, classes } = app.config;
-  const input = preprocess(readPixels(bitmap, crop), crop.width, crop.height, { size, mean, std });
-  const started = performance.now();
-  const feeds = { [app.inputName]: new ort.Tensor('float32', input.data, input.dims) };
-  const output = await app.session.run(feeds);
-  const logits = Array.from(output[app.outputName].data);
-  const probs = softmax(logits, app.config.temperature);
-  const best = probs.indexOf(Math.max(...probs));
+/** Show and publish one answer, from the device or the service: preview, bars, status line. */
+function publish(app, bitmap, answer, where) {
+  const [largest] = answer.faces;
   seq += 1;
   const result = {
     seq,
-    label: classes[best],
-    confidence: probs[best],
-    probabilities: Object.fromEntries(classes.map((c, i) => [c, probs[i]])),
-    probs,
-    logits,
-    crop,
-    input: Array.from(input.data),
-    ms: performance.now() - started,
+    source: where.source,
+    faces: answer.faces,
+    message: largest ? null : NO_FACE,
+    ms: answer.ms,
+    msDetect: answer.msDetect ?? null,
+    ...(largest ? {
+      label: largest.label, predicted: largest.predicted, confidence: largest.confidence,
+      probabilities: largest.probabilities, probs: largest.probs, logits: largest.logits,
+      input: largest.input, crop: { ...largest.box, method: largest.method },
+    } : {}),
   };
-  drawPreview(bitmap, crop);
-  renderBars(classes, probs);
-  $('result').textContent = `${result.label} (${(result.confidence * 100).toFixed(1)}%)`;
-  setStatus(`Done in ${result.ms.toFixed(0)} ms (crop: ${crop.method}).`);
+  drawPreview(bitmap, answer.faces);
+  if (largest) {
+    renderBars(app.config?.classes || Object.keys(largest.probabilities), largest.probs);
+    const more = answer.faces.length > 1 ? ` and ${answer.faces.length - 1} more face(s)` : '';
+    $('result').textContent = `${largest.label} (${(largest.confidence * 100).toFixed(1)}%)${more}`;
+  } else {
+    $('bars').replaceChildren();
+    $('result').textContent = NO_FACE;
+  }
+  const count = `${answer.faces.length} face(s)`;
+  setStatus(where.source === 'service'
+    ? `Answered by the service at ${where.url} in ${answer.ms.toFixed(0)} ms (${count}).`
+    : `Done on this device in ${answer.ms.toFixed(0)} ms (${count}, `
+      + `crop: ${largest ? largest.method : app.config.crop}).`);
   window.emorec.last = result;
   window.dispatchEvent(new CustomEvent('emorec:result', { detail: result }));
   return result;
+}
+
+/** A camera frame as a JPEG file, for the service. */
+async function toJpeg(bitmap) {
+  const canvas = document.createElement('canvas');
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  canvas.getContext('2d').drawImage(bitmap, 0, 0);
+  return new Promise((resolve, reject) => {
+    canvas.toBlob((b) => (b ? resolve(b) : reject(new Error('could not encode the frame'))),
+      'image/jpeg', 0.92);
+  });
+}
+
+/** Whether a photo goes to the service: the device cannot classify it, or the user said so. */
+function useService(app) {
+  return Boolean(app.apiUrl) && (!app.session || $('use-service').checked);
+}
+
+async function classifyBitmap(app, bitmap, blob = null) {
+  if (useService(app)) {
+    const sent = blob || await toJpeg(bitmap);
+    const { answer, ms } = await askService(app.apiUrl, sent, blob?.name || 'photo.jpg');
+    const faces = facesFromAnswer(answer, app.config?.classes || null);
+    return publish(app, bitmap, { faces, ms }, { source: 'service', url: app.apiUrl });
+  }
+  if (!app.session) throw new Error(`the model cannot run here (${app.deviceError})`);
+  return publish(app, bitmap, await classifyOnDevice(app, bitmap), { source: 'device' });
 }
 
 async function classifyBlob(app, blob) {
@@ -181,7 +274,7 @@ async function classifyBlob(app, blob) {
     colorSpaceConversion: 'none', premultiplyAlpha: 'none',
   });
   try {
-    return await classifyBitmap(app, bitmap);
+    return await classifyBitmap(app, bitmap, blob);
   } finally {
     bitmap.close();
   }
@@ -273,19 +366,48 @@ function setupLive(app) {
   return { start, stop, stats: live.stats, options: live.options };
 }
 
+/** The status line once ready: what runs where. */
+function readyText(app) {
+  const { config } = app;
+  if (!app.session) {
+    return `The model cannot run on this device (${app.deviceError}): photos go to the service `
+      + `at ${app.apiUrl}.`;
+  }
+  const crop = config.crop === 'auto' ? 'faces found as the service finds them'
+    : `crop ${config.crop}`;
+  const service = app.apiUrl ? ` The service at ${app.apiUrl} can answer instead.` : '';
+  return `Ready: ${config.classes.length} classes, ${config.size}px input, ${crop}.${service}`;
+}
+
 async function main() {
   setStatus('Loading model…');
-  const config = await loadConfig();
-  const session = await createSession(config.modelUrl);
+  // On the device when it can run the model; otherwise every photo goes to the service, when
+  // one is configured (config.json api.url, or ?api=).
+  let config = null;
+  let device = { session: null, detector: null };
+  let deviceError = null;
+  try {
+    config = await loadConfig();
+    device = await loadOnDevice(config);
+  } catch (err) {
+    console.warn('on-device inference unavailable', err);
+    deviceError = err.message;
+  }
+  const apiUrl = query.get('api') || config?.apiUrl || null;
+  if (!device.session && !apiUrl) throw new Error(deviceError);
   // Where live mode's vendored files are: node_modules in development, vendor/ once built.
   const meta = (name, fallback) => new URL(
     document.querySelector(`meta[name="${name}"]`)?.content || fallback, window.location.href).href;
+  const { session } = device;
   const app = {
     config,
     session,
-    inputName: config.inputName && session.inputNames.includes(config.inputName)
-      ? config.inputName : session.inputNames[0],
-    outputName: session.outputNames[0],
+    detector: device.detector,
+    deviceError,
+    apiUrl,
+    inputName: session && (config.inputName && session.inputNames.includes(config.inputName)
+      ? config.inputName : session.inputNames[0]),
+    outputName: session?.outputNames[0],
     ort,
     softmax,
     urls: {
@@ -303,14 +425,22 @@ async function main() {
       setStatus(`Could not classify ${file.name}: ${err.message}`, true);
     }
   });
+  const choice = $('use-service');
+  choice.checked = !session || query.get('infer') === 'service';
+  choice.disabled = !session;
+  $('service-choice').hidden = !apiUrl;
   setupCamera(app);
-  const live = setupLive(app);
-  window.emorec.live = live;
+  if (session) window.emorec.live = setupLive(app);
+  else $('live').hidden = true;
   $('controls').hidden = false;
-  setStatus(`Ready: ${config.classes.length} classes, ${config.size}px input, `
-    + `crop ${config.crop}${'FaceDetector' in window ? '' : ' (no FaceDetector: centre crop)'}.`);
+  setStatus(readyText(app));
   return {
-    classes: config.classes, size: config.size, crop: config.crop, model: config.modelUrl.href,
+    classes: config?.classes ?? null,
+    size: config?.size ?? null,
+    crop: config?.crop ?? null,
+    model: config?.modelUrl.href ?? null,
+    infer: useService(app) ? 'service' : 'device',
+    apiUrl,
     classifyBlob: (blob) => classifyBlob(app, blob),
   };
 }

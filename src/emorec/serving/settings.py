@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from emorec.config import Params
+from emorec.errors import ParamsError
 from emorec.faces import FaceSettings
 from emorec.inference import resolve_min_confidence
 from emorec.served_model import ModelChoice, choose_model
@@ -31,6 +33,7 @@ class ServeSettings:
     access_log: bool
     stream: StreamSettings
     min_confidence: Any  # "auto" (the model's suggestion) or a number; see resolve_min_confidence
+    cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API (serve.cors_origins)
 
     @classmethod
     def from_params(cls, params: Params, env: dict[str, str], root: Path) -> ServeSettings:
@@ -52,4 +55,31 @@ class ServeSettings:
             access_log=s.boolean("access_log"),
             stream=StreamSettings.from_params(params),
             min_confidence=s.get("min_confidence", "auto"),
+            cors_origins=cors_origins(s.sequence("cors_origins", default=[])),
         )
+
+    def cors_options(self) -> dict[str, Any] | None:
+        """Starlette ``CORSMiddleware`` options for :attr:`cors_origins`; None when there are none.
+
+        Only what the web app needs crosses: ``POST`` of a form, the answer and its
+        ``Server-Timing``; no credentials."""
+        if not self.cors_origins:
+            return None
+        return {"allow_origins": list(self.cors_origins), "allow_methods": ["GET", "POST"],
+                "allow_headers": ["content-type"], "allow_credentials": False,
+                "expose_headers": ["server-timing"], "max_age": 600}
+
+
+def cors_origins(values: list[Any]) -> tuple[str, ...]:
+    """``serve.cors_origins`` checked: each an origin (``scheme://host[:port]``, no path) or
+    ``*``. A path or a trailing slash never matches a browser's ``Origin`` header, so it is
+    refused here rather than failing silently in the browser."""
+    for value in values:
+        if value != "*" and not (isinstance(value, str) and ORIGIN.fullmatch(value)):
+            raise ParamsError("serve.cors_origins", "entries must be origins like "
+                              "'https://app.example.org' or 'http://127.0.0.1:8080' (no path), "
+                              f"or '*'; got {value!r}")
+    return tuple(values)
+
+
+ORIGIN = re.compile(r"https?://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:]+\])(:\d+)?")
