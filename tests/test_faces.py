@@ -152,6 +152,23 @@ def test_mtcnn_threads_and_pyramid_step_keep_the_faces():
     assert bench.match(boxes, two) == (2, 0)
 
 
+def test_a_large_photo_is_searched_shrunk_and_answered_in_its_own_pixels():
+    """faces.max_side: the face of a 4x upscaled photo is found on a 1280 px copy, and its box
+    and landmarks come back in the large photo's pixels (where the crop is cut)."""
+    small = PHOTOS["astronaut"]
+    large = cv2.resize(small, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)  # 2048 px
+    capped = make_detector("mtcnn", 24, 0.9, scale_factor=0.6, max_side=1280)
+    [face] = capped.detect(large)
+    truth = tuple(4 * v for v in TRUTH["astronaut"])
+    assert bench.iou(face.box, truth) > 0.6
+    (lx, ly), (rx, ry) = face.landmarks["left_eye"], face.landmarks["right_eye"]
+    x, y, w, h = face.box
+    assert x < lx < rx < x + w and y < ly < y + h / 2 and y < ry < y + h / 2
+    # photos within the limit are searched as they are
+    assert [f.box for f in capped.detect(small)] == [
+        f.box for f in make_detector("mtcnn", 24, 0.9, scale_factor=0.6).detect(small)]
+
+
 def test_haar_helpers_keep_their_behaviour():
     boxes = detect_faces(Image.fromarray(PHOTOS["astronaut"]))
     assert len(boxes) == 1 and bench.iou(boxes[0], TRUTH["astronaut"]) > 0.5
@@ -182,10 +199,12 @@ def test_face_settings_from_params(repo_params_raw):
     with pytest.raises(ParamsError, match="faces.mtcnn.scale_factor"):
         FaceSettings.from_params(Params(raw))
     assert settings.detector_options() == {"scale_factor": settings.scale_factor,
-                                           "threads": settings.threads}
+                                           "threads": settings.threads,
+                                           "max_side": repo_params_raw["faces"]["max_side"]}
     del raw["faces"]["mtcnn"]  # a params file from before the section: MTCNN as published
-    assert FaceSettings.from_params(Params(raw)).detector_options() == {"scale_factor": 0.709,
-                                                                        "threads": 1}
+    del raw["faces"]["max_side"]
+    assert FaceSettings.from_params(Params(raw)).detector_options() == {
+        "scale_factor": 0.709, "threads": 1, "max_side": 0}
 
 
 def test_missing_weights_package_is_a_clear_error(monkeypatch):

@@ -285,7 +285,7 @@ function pnetBoxes(scale, reg, prob, threshold) {
 
 /**
  * Load MTCNN (three ONNX files under `baseUrl`) on onnxruntime-web. `settings` is config.json's
- * `faces`: {min_size, score_threshold, scale_factor, stage_thresholds, files}. Returns
+ * `faces`: {min_size, score_threshold, scale_factor, stage_thresholds, max_side, files}. Returns
  * {detect(rgb, width, height) -> faces, largest first}; a face is {box: {x, y, width, height},
  * score, landmarks: {left_eye: [x, y], right_eye, nose, mouth_left, mouth_right}}.
  */
@@ -348,21 +348,37 @@ export async function createMtcnn(ort, baseUrl, settings) {
     return nms(done.map((d) => d.box), NMS_REFINE, false).map((i) => done[i]);
   }
 
-  async function detect(rgb, width, height) {
+  /** Raw faces of an image: boxes truncated to whole pixels as in mtcnn.py, no filtering. */
+  async function cascade(rgb, width, height) {
     let boxes = await propose(rgb, width, height);
     if (boxes.length) boxes = await refine(rgb, width, height, boxes);
     if (!boxes.length) return [];
-    const faces = (await output(rgb, width, height, boxes)).map(({ box, xs, ys }) => {
+    return (await output(rgb, width, height, boxes)).map(({ box, xs, ys }) => {
       const [x1, y1, x2, y2, score] = box;
       const eyes = [[xs[0], ys[0]], [xs[1], ys[1]]].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
-      const [x, y] = [Math.trunc(x1), Math.trunc(y1)];
-      return clip({
-        x, y, width: Math.trunc(x2 - x1), height: Math.trunc(y2 - y1), score,
+      return {
+        box: [Math.trunc(x1), Math.trunc(y1), Math.trunc(x2 - x1), Math.trunc(y2 - y1)],
+        score,
         landmarks: { left_eye: eyes[0], right_eye: eyes[1], nose: [xs[2], ys[2]],
           mouth_left: [xs[3], ys[3]], mouth_right: [xs[4], ys[4]] },
-      }, width, height);
+      };
     });
-    return faces
+  }
+
+  /** FaceDetector.detect: a photo longer than `max_side` searched shrunk to it, the faces
+   * scaled back, cut to the photo, filtered by score and size, largest first. */
+  async function detect(rgb, width, height) {
+    const scale = shrinkScale(width, height, settings.max_side || 0);
+    let raw;
+    if (scale === 1) {
+      raw = await cascade(rgb, width, height);
+    } else {
+      const w = Math.max(1, roundHalfEven(width * scale));
+      const h = Math.max(1, roundHalfEven(height * scale));
+      raw = (await cascade(resizeRgb(rgb, width, height, w, h, 'area'), w, h))
+        .map((face) => unscale(face, scale));
+    }
+    return raw.map((face) => clip(face, width, height))
       .filter((f) => f.score >= settings.score_threshold
         && Math.min(f.box.width, f.box.height) >= settings.min_size)
       .sort((a, b) => b.box.width * b.box.height - a.box.width * a.box.height);
@@ -371,12 +387,26 @@ export async function createMtcnn(ort, baseUrl, settings) {
   return { detect };
 }
 
-/** A face's box cut to the image (emorec.faces.detectors._clip). */
+/** The factor that brings the longer side down to `maxSide` (1 when it fits, or 0). */
+function shrinkScale(width, height, maxSide) {
+  const longer = Math.max(width, height);
+  return maxSide > 0 && maxSide < longer ? maxSide / longer : 1;
+}
+
+/** A raw face found in a photo shrunk by `scale`, in the full photo's pixels. */
+function unscale(face, scale) {
+  const landmarks = Object.fromEntries(Object.entries(face.landmarks)
+    .map(([k, [x, y]]) => [k, [x / scale, y / scale]]));
+  return { box: face.box.map((v) => roundHalfEven(v / scale)), score: face.score, landmarks };
+}
+
+/** A raw face's box [x, y, w, h] cut to the image (emorec.faces.detectors._clip). */
 function clip(face, width, height) {
-  const left = Math.max(0, face.x);
-  const top = Math.max(0, face.y);
-  const right = Math.min(width, face.x + face.width);
-  const bottom = Math.min(height, face.y + face.height);
+  const [x, y, w, h] = face.box;
+  const left = Math.max(0, x);
+  const top = Math.max(0, y);
+  const right = Math.min(width, x + w);
+  const bottom = Math.min(height, y + h);
   return {
     box: { x: left, y: top, width: Math.max(0, right - left), height: Math.max(0, bottom - top) },
     score: face.score,
@@ -384,14 +414,14 @@ function clip(face, width, height) {
   };
 }
 
-// ---------------------------------------------------------------------------------------------
-// Crops
-
-/** Python's round(): halves to even, so the crop side is the service's to the pixel. */
+/** Python's round(): halves to even, so sizes and boxes are the service's to the pixel. */
 function roundHalfEven(v) {
   const r = Math.round(v);
   return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Crops
 
 /** Degrees of the line from the left to the right eye (emorec.faces.eye_angle). */
 export function eyeAngle(face) {

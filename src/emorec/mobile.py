@@ -139,6 +139,7 @@ def face_config(faces: FaceSettings) -> dict[str, Any]:
         "scale_factor": faces.scale_factor,
         "stage_thresholds": list(MtcnnDetector.stage_thresholds),
         "max_faces": faces.max_faces,
+        "max_side": faces.max_side,
         "whole_image_max_side": faces.whole_image_max_side,
     }
 

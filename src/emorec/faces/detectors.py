@@ -54,13 +54,21 @@ class FaceDetector(ABC):
     default_threshold: ClassVar[float]
     has_landmarks: bool = False  # instances may know better (dlib: only with the 5-point model)
 
-    def __init__(self, min_size: int = 24, score_threshold: float | None = None):
+    def __init__(self, min_size: int = 24, score_threshold: float | None = None,
+                 max_side: int = 0):
         self.min_size = min_size
         self.threshold = self.default_threshold if score_threshold is None else score_threshold
+        self.max_side = max_side  # 0: detect at full size (faces.max_side)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
+        """Faces in ``rgb``'s pixels. A photo longer than ``max_side`` is searched shrunk to it
+        (faces then need ``min_size`` px in the shrunk photo): a 12 MP phone photo costs MTCNN
+        ~0.75 s at full size, ~75 ms at 1280 px, and loses only faces under ~2 % of its width."""
         height, width = rgb.shape[:2]
-        faces = [_clip(face, width, height) for face in self._detect(rgb)]
+        scale = shrink_scale(width, height, self.max_side)
+        work = rgb if scale == 1.0 else cv2.resize(rgb, shrunk_size(width, height, scale),
+                                                   interpolation=cv2.INTER_AREA)
+        faces = [_clip(_unscale(face, scale), width, height) for face in self._detect(work)]
         faces = [f for f in faces
                  if f.score >= self.threshold and min(f.box[2], f.box[3]) >= self.min_size]
         return sorted(faces, key=lambda f: f.area, reverse=True)
@@ -68,6 +76,25 @@ class FaceDetector(ABC):
     @abstractmethod
     def _detect(self, rgb: np.ndarray) -> list[Face]:
         """Raw detections (any score) in image pixels."""
+
+
+def shrink_scale(width: int, height: int, max_side: int) -> float:
+    """The factor that brings the longer side down to ``max_side`` (1 when it fits, or 0)."""
+    longer = max(width, height)
+    return max_side / longer if 0 < max_side < longer else 1.0
+
+
+def shrunk_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _unscale(face: Face, scale: float) -> Face:
+    """A face found in a photo shrunk by ``scale``, in the full photo's pixels."""
+    if scale == 1.0:
+        return face
+    marks = None if face.landmarks is None else {
+        k: (x / scale, y / scale) for k, (x, y) in face.landmarks.items()}
+    return Face(tuple(round(v / scale) for v in face.box), face.score, marks)
 
 
 def _clip(face: Face, width: int, height: int) -> Face:
@@ -99,8 +126,9 @@ class DlibHogDetector(FaceDetector):
     default_threshold = 0.3  # SVM margin; dlib's own cut is 0, which lets textures through
     upsample = 1
 
-    def __init__(self, min_size: int = 24, score_threshold: float | None = None):
-        super().__init__(min_size, score_threshold)
+    def __init__(self, min_size: int = 24, score_threshold: float | None = None,
+                 max_side: int = 0):
+        super().__init__(min_size, score_threshold, max_side)
         dlib = _import_dlib()
         self._detector = dlib.get_frontal_face_detector()
         self._landmarks = _shape_predictor()
@@ -121,8 +149,9 @@ class DlibCnnDetector(DlibHogDetector):
     name = "dlib_cnn"
     default_threshold = 0.5
 
-    def __init__(self, min_size: int = 24, score_threshold: float | None = None):
-        FaceDetector.__init__(self, min_size, score_threshold)
+    def __init__(self, min_size: int = 24, score_threshold: float | None = None,
+                 max_side: int = 0):
+        FaceDetector.__init__(self, min_size, score_threshold, max_side)
         dlib = _import_dlib()
         weights = package_file("face_recognition_models", "models/mmod_human_face_detector.dat",
                                 "face-recognition-models")

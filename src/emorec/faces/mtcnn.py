@@ -29,8 +29,8 @@ class MtcnnDetector(FaceDetector):
     min_split = 4  # R-/O-Net batches smaller than this run in one piece
 
     def __init__(self, min_size: int = 24, score_threshold: float | None = None,
-                 scale_factor: float = 0.709, threads: int = 1):
-        super().__init__(min_size, score_threshold)
+                 scale_factor: float = 0.709, threads: int = 1, max_side: int = 0):
+        super().__init__(min_size, score_threshold, max_side)
         import onnxruntime as ort
 
         self.scale_factor = scale_factor

@@ -31,6 +31,8 @@ class FaceSettings:
     max_faces: int = 20
     scale_factor: float = 0.709  # MTCNN: pyramid step (``faces.mtcnn``)
     threads: int = 1  # MTCNN: threads one photo's detection is shared between
+    #: photos longer than this (px) are searched shrunk to it (``faces.max_side``); 0 = never
+    max_side: int = 0
     #: an upload no larger than this (longer side, px) in which no face is found is taken as a
     #: face crop and classified whole; 0 = never (``faces.whole_image_max_side``)
     whole_image_max_side: int = 0
@@ -52,13 +54,15 @@ class FaceSettings:
             threads=s.integer("mtcnn.threads", low=1, default=cls.threads),
             whole_image_max_side=s.integer("whole_image_max_side", low=0,
                                            default=cls.whole_image_max_side),
+            max_side=s.integer("max_side", low=0, default=cls.max_side),
         )
 
     def detector_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`make_detector` beyond size and threshold."""
         if self.detector == "mtcnn":
-            return {"scale_factor": self.scale_factor, "threads": self.threads}
-        return {}
+            return {"scale_factor": self.scale_factor, "threads": self.threads,
+                    "max_side": self.max_side}
+        return {"max_side": self.max_side}
 
 
 DETECTORS: dict[str, type[FaceDetector]] = {
@@ -68,7 +72,7 @@ DETECTORS: dict[str, type[FaceDetector]] = {
 def make_detector(name: str, min_size: int = 24, score_threshold: float | None = None,
                   **options: Any) -> FaceDetector:
     """A new detector by name (raises :class:`DetectorUnavailable` if its package is missing);
-    ``options`` go to its constructor (MTCNN: ``scale_factor``, ``threads``)."""
+    ``options`` go to its constructor (``max_side``; MTCNN: ``scale_factor``, ``threads``)."""
     if name not in DETECTORS:
         raise ValueError(f"unknown face detector {name!r}; choose from {sorted(DETECTORS)}")
     return DETECTORS[name](min_size=min_size, score_threshold=score_threshold, **options)
