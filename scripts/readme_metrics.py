@@ -44,6 +44,7 @@ from readme_sections.real_data import (  # noqa: E402
 from readme_sections.serving import (  # noqa: E402, F401 (serve_*: the tests render them)
     render_detectors,
     render_live,
+    render_parity,
     render_service_path,
     serve_load,
     serve_soak,
@@ -58,6 +59,7 @@ LOSS_START, LOSS_END = "<!-- losses:start -->", "<!-- losses:end -->"
 DETECT_START, DETECT_END = "<!-- detectors:start -->", "<!-- detectors:end -->"
 PATH_START, PATH_END = "<!-- service_path:start -->", "<!-- service_path:end -->"
 LIVE_START, LIVE_END = "<!-- live_mode:start -->", "<!-- live_mode:end -->"
+PARITY_START, PARITY_END = "<!-- parity:start -->", "<!-- parity:end -->"
 MULTI_START, MULTI_END = "<!-- multisource:start -->", "<!-- multisource:end -->"
 ABL_START, ABL_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 CHOICE_START, CHOICE_END = "<!-- model_choice:start -->", "<!-- model_choice:end -->"
@@ -137,6 +139,7 @@ OPTIONAL_SECTIONS = (
     ("faces/detector_comparison.json", render_detectors, DETECT_START, DETECT_END),
     ("loss_comparison.json", render_losses, LOSS_START, LOSS_END),
     ("faces/live_mode.json", render_live, LIVE_START, LIVE_END),
+    ("mobile/parity.json", render_parity, PARITY_START, PARITY_END),
     ("multisource.json", render_multisource, MULTI_START, MULTI_END),
     ("ablation.json", render_ablation, ABL_START, ABL_END),
     ("model_choice.json", render_model_choice, CHOICE_START, CHOICE_END),

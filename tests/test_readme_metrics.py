@@ -161,6 +161,36 @@ def test_serve_load_table_shows_every_run_when_repeated(tool):
     assert "| 24.0 | 0.0 | 0.0 | 0 | 22.4, 25.1, 24.0 |" in text
 
 
+def test_serve_load_names_the_face_step_per_size_and_the_photo_target(tool):
+    report = {"tool": "locust 2", "cpu": {"description": "Some CPU, 2 cores"},
+              "model": {"what": "m"}, "ceiling": {"threads": 1, "batch_1_img_s": 100.0},
+              "scenarios": {}, "targets": {"single_faces_p50_ms": {
+                  "value": 28.0, "limit": 15.0, "pass": False}},
+              "detection_by_size": {"max_side": 1280, "sizes": [
+                  {"size": "640x480", "faces": 1, "detect_ms_p50": 19.2},
+                  {"size": "4032x3024", "faces": 1, "detect_ms_p50": 141.0}]}}
+    text = "\n".join(tool.serve_load(report))
+    assert "`faces.max_side` 1280): 640x480 19 ms, 4032x3024 141 ms." in text
+    assert "Photo p50 target 15 ms: not met." in text
+
+
+def test_parity_table_has_a_row_per_photo_and_the_agreement(tool):
+    photo = {"photo": "astronaut", "size": [512, 512], "format": "png", "service_faces": 1,
+             "app_faces": 1, "matched": 1, "labels_agree": 1, "app_detect_ms": 210.4}
+    report = {"min_iou": 0.8, "photos": [photo, {**photo, "photo": "blank", "service_faces": 0,
+                                                 "app_faces": 0, "matched": 0,
+                                                 "labels_agree": 0}],
+              "faces": 1, "faces_matched": 1, "label_agreement": 1.0, "browser": "chromium 1",
+              "hardware": "Some CPU, 2 cores",
+              "alternative": {"detector": "tiny", "faces_found": 0, "of_service_faces": 1,
+                              "match_iou": 0.3, "extra_faces": 2, "mean_ms": 80.0}}
+    text = tool.render_parity(report)
+    assert "| astronaut | 512x512 png | 1 | 1 | 1 | 1 | 210 |" in text
+    assert "| blank | 512x512 png | 0 | 0 | 0 | 0 | 210 |" in text
+    assert "**1 of 1 faces found by both, label agreement 100.0 %**" in text
+    assert "Some CPU, 2 cores" in text and "found 0 of the service's 1" in text
+
+
 def test_sections_are_rendered_into_whichever_docs_page_holds_them(tool, tmp_path):
     _write(tmp_path, 0.8)
     (tmp_path / "README.md").write_text("# Title\n\nno figures here\n")

@@ -23,7 +23,7 @@ def serve_load(report: dict[str, Any]) -> list[str]:
              if pinning.get("server_cpus") else "server and Locust sharing the cores")
     workers = (report.get("batching") or {}).get("workers")
     where += f", {workers} server worker(s)" if workers else ""
-    repeats = max(len(s.get("runs", [])) for s in report["scenarios"].values())
+    repeats = max((len(s.get("runs", [])) for s in report["scenarios"].values()), default=1)
     medians = f"; medians of {repeats} runs per scenario" if repeats > 1 else ""
     lines = [f"Service under load ({report['tool']}, {report['cpu']['description']}, {where}; "
              f"model: {report['model']['what']}{medians}):", "",
@@ -44,7 +44,17 @@ def serve_load(report: dict[str, Any]) -> list[str]:
     stream = report.get("targets", {}).get("stream_fps")
     if stream:
         line += f"; one 640x480 video stream over /stream: **{stream['value']:.1f} fps**"
-    return [*lines, "", line + "."]
+    lines += ["", line + "."]
+    by_size = report.get("detection_by_size")
+    if by_size:
+        sizes = ", ".join(f"{r['size']} {r['detect_ms_p50']:.0f} ms" for r in by_size["sizes"])
+        lines += ["", f"The service's face step per photo size (MTCNN, crops and preprocessing "
+                      f"in-process, median; `faces.max_side` {by_size['max_side']}): {sizes}."]
+    photo = report.get("targets", {}).get("single_faces_p50_ms")
+    if photo:
+        lines[-1] += (f" Photo p50 target {photo['limit']:.0f} ms: "
+                      f"{'met' if photo['pass'] else 'not met'}.")
+    return lines
 
 
 def serve_soak(report: dict[str, Any]) -> list[str]:
@@ -114,3 +124,25 @@ def render_live(report: dict[str, Any]) -> str:
             f"on TensorFlow.js {on}, chosen at start as the fastest of {bench} per detection; "
             f"{report['browser']}; {report['cpu']}, {report['cores']} cores. "
             "_Generated from `reports/faces/live_mode.json`._")
+
+
+def render_parity(report: dict[str, Any]) -> str:
+    """The app against the real service on the same photos, from ``reports/mobile/parity.json``."""
+    rows = ["| photo | size | faces (service) | faces (app) | same box (IoU >= "
+            f"{report['min_iou']}) | same label | app: detection ms |",
+            "|---|---|---|---|---|---|---|"]
+    for r in report["photos"]:
+        rows.append(f"| {r['photo']} | {r['size'][0]}x{r['size'][1]} {r['format']} | "
+                    f"{r['service_faces']} | {r['app_faces']} | {r['matched']} | "
+                    f"{r['labels_agree']} | {r['app_detect_ms']:.0f} |")
+    alt = report["alternative"]
+    return ("\n".join(rows) + "\n\n"
+            f"**{report['faces_matched']} of {report['faces']} faces found by both, label "
+            f"agreement {100 * report['label_agreement']:.1f} %**, {report['browser']} (no "
+            f"built-in FaceDetector) against `bentoml serve`, both with the shipped model; "
+            f"{report['hardware']}. The alternative, {alt['detector']}, found "
+            f"{alt['faces_found']} of the service's {alt['of_service_faces']} detected faces "
+            f"(IoU >= {alt['match_iou']}) with {alt['extra_faces']} others, in "
+            f"{alt['mean_ms']:.0f} ms per photo. _Generated from `reports/mobile/parity.json` "
+            "by `EMOREC_PARITY_REPORT=reports/mobile/parity.json pytest "
+            "tests/test_mobile_parity.py`._")
