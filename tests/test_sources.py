@@ -152,11 +152,52 @@ def test_split_keeps_source_splits_and_draws_the_rest(two_sources, params_raw):
     assert total == 24
 
 
+@pytest.mark.parametrize("named", [True, False])
+def test_a_persons_faces_stay_in_one_split(params_raw, tmp_path, named):
+    """person_pattern: every face of one person lands in one split (people split at random when
+    their first faces' labels are too few to stratify); without it, people straddle splits."""
+    lab = tmp_path / "lab"
+    for person in range(8):
+        for k, code in enumerate("abcdg"[person % 5:] + "abcdg"[:person % 5]):
+            save(face(10 * person + k, 64), lab / f"{person:02d}{k:02d}{code}01.png")
+    entry = {"name": "lab", "reader": "folder", "path": str(lab), "split": "stratified",
+             "label_pattern": r"^\d{4}([a-g])\d{2}", "face_crop": False,
+             "map": {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "g": "surprised"}}
+    if named:
+        entry["person_pattern"] = r"^(\d{2})"
+    params = sources_params(params_raw, [entry],
+                            classes=["angry", "happy", "neutral", "sad", "surprised"])
+    run_ingest(params, tmp_path / "interim", tmp_path / "ingest.json")
+    manifest = pd.read_csv(tmp_path / "interim" / "manifest.csv", keep_default_na=False)
+    assert ("person" in manifest.columns) is named
+    raw = params.to_dict()
+    raw["split"]["ratios"] = {"train": 0.5, "val": 0.25, "test": 0.25}
+    raw["balance"]["strategy"] = "none"
+    report = run_split(Params(raw), tmp_path / "interim" / "manifest.csv",
+                       tmp_path / "processed", tmp_path / "split.json")
+    split_of = {}
+    for name in ("train", "val", "test"):
+        frame = pd.read_csv(tmp_path / "processed" / f"{name}.csv", keep_default_na=False)
+        for origin in frame["origin"]:
+            split_of[origin] = name
+    splits_per_person = {p: {s for o, s in split_of.items() if o.startswith(f"lab-{p:02d}")}
+                         for p in range(8)}
+    if named:
+        assert all(len(s) == 1 for s in splits_per_person.values()), splits_per_person
+        assert report["split"]["people"] == {"people": 8, "people_across_splits": 0}
+        assert {s for spl in splits_per_person.values() for s in spl} == {"train", "val", "test"}
+    else:
+        assert any(len(s) > 1 for s in splits_per_person.values())
+        assert "people" not in report["split"]
+
+
 def test_bad_source_entries_name_the_key(params_raw, tmp_path):
     base = {"name": "x", "reader": "folder", "path": str(tmp_path)}
     for entry, key in [({**base, "reader": "zip"}, "data.sources[0].reader"),
                        ({**base, "map": {"a": "joy"}}, "data.sources[0].map.a"),
                        ({**base, "label_pattern": "("}, "data.sources[0].label_pattern"),
+                       ({**base, "person_pattern": r"^\d{2}"},
+                        "data.sources[0].person_pattern"),
                        ({**base, "split": "predefined"}, "data.sources[0].usage")]:
         with pytest.raises(ParamsError, match=key.replace("[", r"\[").replace("]", r"\]")):
             run_ingest(sources_params(params_raw, [entry]), tmp_path / "i", tmp_path / "r.json")

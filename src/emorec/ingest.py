@@ -181,8 +181,10 @@ def run_ingest(params: Params, out_dir: Path, report_path: Path) -> dict[str, An
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
-    """Manifest columns; ``soft`` only when a source gave label distributions (FER+ votes)."""
-    return MANIFEST_COLUMNS + (["soft"] if any(r.get("soft") for r in rows) else [])
+    """Manifest columns; ``soft`` only when a source gave label distributions (FER+ votes),
+    ``person`` only when one named the people in its pictures (``person_pattern``)."""
+    return MANIFEST_COLUMNS + [column for column in ("soft", "person")
+                               if any(r.get(column) for r in rows)]
 
 
 class SourceTally:
@@ -349,7 +351,8 @@ def _store(cand: Candidate, suffix: str, image: Image.Image, original: Image.Ima
     rows.append({"id": image_id, "path": path.as_posix(), "label": cand.label,
                  "source": cand.source, "sha256": digest, "width": original.width,
                  "height": original.height, "mode": original.mode, "usage": cand.usage,
-                 "soft": " ".join(f"{p:g}" for p in cand.soft) if cand.soft else ""})
+                 "soft": " ".join(f"{p:g}" for p in cand.soft) if cand.soft else "",
+                 "person": cand.person})
     return None
 
 

@@ -49,6 +49,8 @@ class Candidate:
     usage: str = ""  # the dataset's own split name (FER2013 ``Usage``), empty when it has none
     #: a label distribution over the classes (FER+ votes), in class order; None = ``label`` alone
     soft: tuple[float, ...] | None = None
+    #: who is in the picture, when the file name says (``person_pattern``): one split per person
+    person: str = ""
 
 
 

@@ -13,11 +13,15 @@ dataset and says how to read it::
       label_pattern: null        # folder only: regex whose group 1 in the file name is the label
       face_crop: inherit         # inherit (ingest.face_crop) | true | false | fallback
       heldout: false             # true: every image goes to the test split and never trains
+      person_pattern: null       # regex whose group 1 in the file name is the person in it
 
 Raw labels the map leaves out, or maps to ``null``, are rejected as ``unknown_label`` and
 counted per source; without a ``map`` a folder source accepts folder names equal to a class.
 Predefined sources write their split into the manifest's ``usage`` column, stratified ones leave
 it empty and the split stage draws their split (:mod:`emorec.split_balance`).
+
+With ``person_pattern`` (TFEID: its first two digits) the split stage keeps every face of one person
+in one split: a val split that shares the train split's people rewards learning them.
 
 A ``heldout: true`` source is how a source is left out of training (:mod:`emorec.unseen`):
 all its labelled images land in the test split, so the test-first rule below also drops every
@@ -71,6 +75,8 @@ class SourceSpec:
     label_pattern: str | None
     face_crop: str
     heldout: bool = False
+    #: regex whose first group, searched in a file's name, is the person in it (``person_pattern``)
+    person_pattern: str | None = None
 
     @classmethod
     def from_params(cls, entry: Params, classes: list[str]) -> SourceSpec:
@@ -92,13 +98,8 @@ class SourceSpec:
                                                     f"got {bad}")
         if split == "predefined" and not usage:
             raise ParamsError(entry._name("usage"), "is needed with split: predefined")
-        pattern = entry.get("label_pattern", None)
-        if pattern is not None:
-            try:
-                if re.compile(str(pattern)).groups < 1:
-                    raise ParamsError(entry._name("label_pattern"), "needs a group: (...)")
-            except re.error as err:
-                raise ParamsError(entry._name("label_pattern"), f"is no regex: {err}") from err
+        pattern = _regex_with_group(entry, "label_pattern")
+        person = _regex_with_group(entry, "person_pattern")
         face_crop = str(entry.get("face_crop", "inherit")).lower()
         if face_crop not in FACE_CROP:
             raise ParamsError(entry._name("face_crop"), f"must be one of {list(FACE_CROP)}, "
@@ -108,7 +109,20 @@ class SourceSpec:
             raise ParamsError(entry._name("heldout"), f"must be true or false, got {heldout!r}")
         return cls(name=name, reader=reader, path=entry.existing_path("path"), map=mapping,
                    split=split, usage=usage, label_pattern=pattern, face_crop=face_crop,
-                   heldout=heldout)
+                   heldout=heldout, person_pattern=person)
+
+
+def _regex_with_group(entry: Params, key: str) -> str | None:
+    """An optional regex with at least one group, or a ParamsError naming ``key``."""
+    pattern = entry.get(key, None)
+    if pattern is None:
+        return None
+    try:
+        if re.compile(str(pattern)).groups < 1:
+            raise ParamsError(entry._name(key), "needs a group: (...)")
+    except re.error as err:
+        raise ParamsError(entry._name(key), f"is no regex: {err}") from err
+    return str(pattern)
 
 
 def _label_map(entry: Params, classes: list[str]) -> dict[str, str | None]:
@@ -161,7 +175,16 @@ def spec_candidates(spec: SourceSpec, classes: list[str]) -> Iterator[Candidate]
                                                        f"{cand.usage or '<none>'} not in usage)")
         if spec.heldout and cand.label is not None:
             usage = "test"
-        yield replace(cand, id=f"{spec.name}-{cand.id}", source=spec.name, usage=usage)
+        yield replace(cand, id=f"{spec.name}-{cand.id}", source=spec.name, usage=usage,
+                      person=_person(spec, cand))
+
+
+def _person(spec: SourceSpec, cand: Candidate) -> str:
+    """``<source>:<id>`` of the person ``person_pattern`` finds in the file name, else ""."""
+    if spec.person_pattern is None:
+        return ""
+    found = re.search(spec.person_pattern, Path(cand.where).name)
+    return f"{spec.name}:{found.group(1)}" if found else ""
 
 
 def _folder(spec: SourceSpec, classes: list[str]) -> Iterator[Candidate]:

@@ -9,7 +9,9 @@
 * ``stratified`` - a seeded split with the class proportions of the data in every part. Images
   within ``eda.near_duplicate_distance`` bits of each other (pHash, ``eda.phash_size``) form one
   group (connected components) and go to one split together, so a re-encoded copy of a test face
-  cannot sit in train.
+  cannot sit in train. So do the faces of one person, where a source names them (the manifest's
+  ``person``, from ``person_pattern``): a val split of people the model trained on would reward
+  learning those people, not reading faces.
 * ``auto`` - ``predefined`` when every manifest row has a ``usage``, else ``stratified``.
 
 Order matters for leakage: the split is made on *original* images first, and only then are
@@ -132,11 +134,33 @@ def predefined_split(manifest: pd.DataFrame, rows: pd.DataFrame, mapping: dict[s
     return splits
 
 
+def person_links(manifest: pd.DataFrame) -> np.ndarray:
+    """``[N, 2]`` row pairs joining every face of a person (the manifest's ``person``) to the
+    first one: edges that :func:`near_duplicate_groups` turns into one group per person."""
+    if "person" not in manifest:
+        return np.empty((0, 2), dtype=int)
+    person = manifest["person"].astype(object).where(manifest["person"].notna(), "").astype(str)
+    first: dict[str, int] = {}
+    links = [(first.setdefault(p, k), k) for k, p in enumerate(person) if p]
+    return np.array([(a, b) for a, b in links if a != b], dtype=int).reshape(-1, 2)
+
+
+def people_across_splits(manifest: pd.DataFrame, split_of: np.ndarray) -> dict[str, int]:
+    """How many people a source names, and how many of them sit in more than one split."""
+    if "person" not in manifest:
+        return {"people": 0, "people_across_splits": 0}
+    frame = pd.DataFrame({"person": manifest["person"].fillna("").astype(str).to_numpy(),
+                          "split": split_of})
+    frame = frame[frame["person"] != ""]
+    spread = frame.groupby("person")["split"].nunique()
+    return {"people": int(len(spread)), "people_across_splits": int((spread > 1).sum())}
+
+
 def mixed_split(manifest: pd.DataFrame, rows: pd.DataFrame, mapping: dict[str, str],
                 ratios: dict[str, float], seed: int, pairs: np.ndarray
                 ) -> dict[str, pd.DataFrame]:
     """Rows with a usage keep their split; the others get a stratified one, near-duplicate
-    groups kept together."""
+    groups (and people, ``pairs`` holds both) kept together."""
     has = (usage_column(manifest) != "").to_numpy()
     fixed = predefined_split(manifest[has], rows[has], mapping, require_all=False)
     free = rows[~has].reset_index(drop=True)
@@ -144,7 +168,7 @@ def mixed_split(manifest: pd.DataFrame, rows: pd.DataFrame, mapping: dict[str, s
     position[~has] = np.arange(len(free))
     inside = pairs[(~has[pairs[:, 0]]) & (~has[pairs[:, 1]])] if len(pairs) else pairs
     groups = near_duplicate_groups(len(free), position[inside[:, :2]] if len(inside) else inside)
-    drawn = stratified_split(free, ratios, seed, groups)
+    drawn = stratified_split(free, ratios, seed, groups, people="person" in manifest)
     splits = {name: pd.concat([fixed[name], drawn[name]]).sort_values("origin")
               .reset_index(drop=True) for name in SPLITS}
     empty = [name for name, frame in splits.items() if frame.empty]
@@ -154,20 +178,21 @@ def mixed_split(manifest: pd.DataFrame, rows: pd.DataFrame, mapping: dict[str, s
 
 
 def stratified_split(rows: pd.DataFrame, ratios: dict[str, float], seed: int,
-                     groups: np.ndarray | None = None) -> dict[str, pd.DataFrame]:
+                     groups: np.ndarray | None = None, people: bool = False
+                     ) -> dict[str, pd.DataFrame]:
     """Train/val/test with the class proportions of ``rows`` in each (two sklearn splits).
 
     With ``groups`` (one id per row) the split is made on one representative per group and every
-    member follows its representative, so a group never straddles two splits.
+    member follows its representative, so a group never straddles two splits. ``people``: some
+    groups are people, each with faces of many classes, so a representative's label says little
+    of its group; when too few of them share a label to stratify, the groups are split at random.
     """
     groups = np.arange(len(rows)) if groups is None else np.asarray(groups)
     reps = rows.assign(_group=groups).drop_duplicates("_group")
     held_out = ratios["val"] + ratios["test"]
     try:
-        train, rest = train_test_split(reps, test_size=held_out, stratify=reps["label"],
-                                       random_state=seed)
-        val, test = train_test_split(rest, test_size=ratios["test"] / held_out,
-                                     stratify=rest["label"], random_state=seed)
+        train, rest = _split_part(reps, held_out, seed, people)
+        val, test = _split_part(rest, ratios["test"] / held_out, seed, people)
     except ValueError as err:
         counts = dict(Counter(rows["label"]))
         raise DataError(f"cannot make a stratified split of {counts} with ratios {ratios}: {err}"
@@ -177,6 +202,19 @@ def stratified_split(rows: pd.DataFrame, ratios: dict[str, float], seed: int,
     target = np.array([owner[g] for g in groups])
     return {name: rows[target == name].sort_values("origin").reset_index(drop=True)
             for name in SPLITS}
+
+
+def _split_part(reps: pd.DataFrame, share: float, seed: int, people: bool
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One sklearn split of ``reps``, ``share`` of them second; stratified by label, or (only
+    when groups are people, see :func:`stratified_split`) at random when that cannot be."""
+    try:
+        return train_test_split(reps, test_size=share, stratify=reps["label"],
+                                random_state=seed)
+    except ValueError:
+        if not people:
+            raise
+        return train_test_split(reps, test_size=share, random_state=seed)
 
 
 def hash_rows(rows: pd.DataFrame, hash_size: int, root: Path = Path(".")) -> np.ndarray:
@@ -281,6 +319,8 @@ def make_splits(params: Params, manifest: pd.DataFrame) -> tuple[dict[str, pd.Da
     hash_size = params.integer("eda.phash_size", low=2)
     distance = params.integer("eda.near_duplicate_distance", low=0, high=hash_size * hash_size)
     pairs = near_duplicate_pairs(hash_rows(rows, hash_size), distance)
+    # what must stay together: near copies, and the faces of one person
+    links = np.vstack([pairs[:, :2], person_links(manifest)]).astype(int)
     if how in ("predefined", "mixed"):
         mapping = {str(k): v for k, v in params.mapping("split.predefined").items()}
         bad = {k: v for k, v in mapping.items() if v not in SPLITS}
@@ -291,11 +331,12 @@ def make_splits(params: Params, manifest: pd.DataFrame) -> tuple[dict[str, pd.Da
         splits = predefined_split(manifest, rows, mapping)
         info: dict[str, Any] = {"strategy": "predefined", "mapping": mapping}
     elif how == "mixed":
-        splits = mixed_split(manifest, rows, mapping, ratios, params.integer("split.seed"), pairs)
+        splits = mixed_split(manifest, rows, mapping, ratios, params.integer("split.seed"), links)
         info = {"strategy": "mixed", "mapping": mapping, "ratios": ratios}
     else:
-        groups = near_duplicate_groups(len(rows), pairs)
-        splits = stratified_split(rows, ratios, params.integer("split.seed"), groups)
+        groups = near_duplicate_groups(len(rows), links)
+        splits = stratified_split(rows, ratios, params.integer("split.seed"), groups,
+                                  people="person" in manifest)
         info = {"strategy": "stratified", "ratios": ratios,
                 "near_duplicate_groups": int(len(groups) - len(np.unique(groups)))}
     split_of = np.empty(len(rows), dtype=object)
@@ -304,6 +345,8 @@ def make_splits(params: Params, manifest: pd.DataFrame) -> tuple[dict[str, pd.Da
         split_of[[index[o] for o in frame["origin"]]] = name
     info["near_duplicates"] = near_duplicate_report(pairs, rows["label"].to_numpy(), split_of,
                                                     distance, hash_size * hash_size)
+    if "person" in manifest:
+        info["people"] = people_across_splits(manifest, split_of)
     return splits, info
 
 
