@@ -51,6 +51,7 @@ from emorec.unseen import (
     brief,
     card_with_table,
     headline,
+    patch_sources,
     plan_run,
     protocol_table,
     run_name,
@@ -66,7 +67,7 @@ def recipe_plan(protocol: Protocol, recipe: str, heldout: str | None, screen: bo
                 ) -> dict[str, Any]:
     spec = protocol.recipes[recipe]
     overrides = read_preset(spec.preset) | spec.overrides | (protocol.screen if screen else {})
-    return plan_run(overrides, heldout, protocol.unseen)
+    return plan_run(patch_sources(overrides, spec.sources), heldout, protocol.unseen)
 
 
 def run(protocol: Protocol, args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +91,13 @@ def read_label_file(path: Path) -> Iterator[tuple[int, str, np.ndarray]]:
 
 
 def ferplus_candidates(root: Path, mapping: dict[str, str | None], classes: list[str],
-                       usage: dict[str, str]) -> Iterator[Candidate]:
+                       usage: dict[str, str], second: SecondLabels | None = None
+                       ) -> Iterator[Candidate]:
     """Candidates of every FER+ folder under ``root`` that ``usage`` names, test folders first.
 
     ``usage`` maps a folder name (``FER2013Train``...) to the usage written in the manifest;
-    folders it leaves out are not read.
+    folders it leaves out are not read. With ``second`` each face's soft target also carries
+    its FER2013 label (:mod:`emorec.two_view`).
     """
     folders = [root / name for name in sorted(usage, key=_test_first) if (root / name).is_dir()]
     if not folders:
@@ -106,7 +109,7 @@ def ferplus_candidates(root: Path, mapping: dict[str, str | None], classes: list
             raise DataError(f"{labels} not found: every FER+ folder has one")
         for line, name, votes in read_label_file(labels):
             yield _candidate(folder, labels, line, name, votes, mapping, classes,
-                             usage[folder.name])
+                             usage[folder.name], second)
 
 
 def _test_first(folder: str) -> int:
@@ -114,8 +117,27 @@ def _test_first(folder: str) -> int:
     return order.index(folder) if folder in order else len(order)
 
 
+@dataclass(frozen=True)
+class SecondLabels:
+    """Another label of some FER+ faces and how much of the target it gets: ``labels`` maps
+    ``(folder, file name)`` to a class (FER2013's label, mapped), ``weight`` is its share."""
+
+    labels: dict[tuple[str, str], str]
+    weight: float
+
+    def mix(self, folder: str, name: str, dist: np.ndarray, classes: list[str]) -> np.ndarray:
+        """``dist`` with this face's second label mixed in, or ``dist`` when it has none."""
+        label = self.labels.get((folder, name))
+        if label is None or self.weight == 0:
+            return dist
+        mixed = (1.0 - self.weight) * np.asarray(dist, dtype=np.float64)
+        mixed[classes.index(label)] += self.weight
+        return mixed
+
+
 def _candidate(folder: Path, labels: Path, line: int, name: str, votes: np.ndarray,
-               mapping: dict[str, str | None], classes: list[str], usage: str) -> Candidate:
+               mapping: dict[str, str | None], classes: list[str], usage: str,
+               second: SecondLabels | None = None) -> Candidate:
     path = folder / name
     where = f"{path} ({labels.name}:{line})"
     try:
@@ -127,6 +149,8 @@ def _candidate(folder: Path, labels: Path, line: int, name: str, votes: np.ndarr
             raise ImageError(reason, detail)
         return Candidate(_id(folder, name), "ferplus", where, "", "votes", refuse,
                          path.suffix.lower(), usage=usage)
+    if dist is not None and second is not None:
+        dist = second.mix(folder.name, name, dist, classes)
     soft = tuple(round(float(p), 4) for p in dist) if dist is not None else None
     return Candidate(_id(folder, name), "ferplus", where, label, raw, path.read_bytes,
                      path.suffix.lower(), usage=usage, soft=soft)

@@ -49,8 +49,15 @@ from emorec.ferplus import REASONS as FERPLUS_REASONS
 from emorec.imageio import REJECT_REASONS, open_image
 from emorec.labels import FER2013_CODES, LEGACY_8_TO_6
 from emorec.readers import EXTENSIONS, SOURCES, Candidate, candidates, fer_map
-from emorec.sources import SourceSpec, cross_source_duplicates, merged_candidates, read_sources
+from emorec.sources import (
+    SourceSpec,
+    cross_source_duplicates,
+    merged_candidates,
+    read_sources,
+    spec_join,
+)
 from emorec.split_csv import read_labelled_csv
+from emorec.two_view import view_report
 
 #: Why a candidate can be rejected: the decoding reasons of :func:`open_image` plus ingest's own.
 #: FER2013 CSV rows add their own: wrong pixel count, non-numeric cells, values outside 0-255.
@@ -222,6 +229,8 @@ class SourceTally:
                 "face_crop": spec.face_crop,
                 "face_fallbacks": int(self.fallbacks[spec.name]),
             }
+            if spec.second_view is not None:
+                out[spec.name]["fer2013_view"] = view_report(spec.second_view, spec_join(spec))
         return out
 
 

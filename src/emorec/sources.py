@@ -14,6 +14,8 @@ dataset and says how to read it::
       face_crop: inherit         # inherit (ingest.face_crop) | true | false | fallback
       heldout: false             # true: every image goes to the test split and never trains
       person_pattern: null       # regex whose group 1 in the file name is the person in it
+      fer2013_view: null         # ferplus only: {path, weight, map, max_mae}, FER2013's own
+                                 # label of each face mixed into its votes (emorec.two_view)
 
 Raw labels the map leaves out, or maps to ``null``, are rejected as ``unknown_label`` and
 counted per source; without a ``map`` a folder source accepts folder names equal to a class.
@@ -48,6 +50,7 @@ from emorec.ferplus import ferplus_candidates
 from emorec.labels import FER2013_CODES
 from emorec.quality import near_duplicate_pairs, pack_hashes, perceptual_hash
 from emorec.readers import Candidate, fer2013_at, folder_candidate, folder_files
+from emorec.two_view import Join, SecondView, join_views, second_labels
 
 READERS = ("folder", "fer2013", "ferplus")
 SPLIT_RULES = ("predefined", "stratified")
@@ -77,6 +80,8 @@ class SourceSpec:
     heldout: bool = False
     #: regex whose first group, searched in a file's name, is the person in it (``person_pattern``)
     person_pattern: str | None = None
+    #: ferplus only: FER2013's label of each face as a second view (``fer2013_view``)
+    second_view: SecondView | None = None
 
     @classmethod
     def from_params(cls, entry: Params, classes: list[str]) -> SourceSpec:
@@ -109,7 +114,21 @@ class SourceSpec:
             raise ParamsError(entry._name("heldout"), f"must be true or false, got {heldout!r}")
         return cls(name=name, reader=reader, path=entry.existing_path("path"), map=mapping,
                    split=split, usage=usage, label_pattern=pattern, face_crop=face_crop,
-                   heldout=heldout, person_pattern=person)
+                   heldout=heldout, person_pattern=person,
+                   second_view=_second_view(entry, reader, classes))
+
+
+def _second_view(entry: Params, reader: str, classes: list[str]) -> SecondView | None:
+    """The validated ``fer2013_view`` of a FER+ source, None when it has none."""
+    raw = entry.get("fer2013_view", None)
+    if raw is None:
+        return None
+    if reader != "ferplus":
+        raise ParamsError(entry._name("fer2013_view"), f"is for reader ferplus, not {reader}")
+    if not isinstance(raw, dict):
+        raise ParamsError(entry._name("fer2013_view"), "must be a mapping {path, weight, map, "
+                                                       "max_mae}")
+    return SecondView.from_params(entry.section("fer2013_view"), classes)
 
 
 def _regex_with_group(entry: Params, key: str) -> str | None:
@@ -167,7 +186,10 @@ def spec_candidates(spec: SourceSpec, classes: list[str]) -> Iterator[Candidate]
         raw = _fer2013(spec)
     else:
         folders = {f: f for f in FERPLUS_FOLDERS if f in spec.usage}
-        raw = ferplus_candidates(spec.path, spec.map or {}, classes, folders)
+        second = None
+        if spec.second_view is not None:
+            second = second_labels(spec.second_view, spec_join(spec))
+        raw = ferplus_candidates(spec.path, spec.map or {}, classes, folders, second)
     for cand in raw:
         usage = spec.usage.get(cand.usage, "") if spec.split == "predefined" else ""
         if spec.split == "predefined" and not usage:
@@ -177,6 +199,13 @@ def spec_candidates(spec: SourceSpec, classes: list[str]) -> Iterator[Candidate]
             usage = "test"
         yield replace(cand, id=f"{spec.name}-{cand.id}", source=spec.name, usage=usage,
                       person=_person(spec, cand))
+
+
+def spec_join(spec: SourceSpec) -> Join:
+    """The content join of a FER+ source with FER2013 (``fer2013_view``), cached per process."""
+    assert spec.second_view is not None
+    folders = [f for f in FERPLUS_FOLDERS if f in spec.usage]
+    return join_views(spec.second_view.path, spec.path, folders, spec.second_view.max_mae)
 
 
 def _person(spec: SourceSpec, cand: Candidate) -> str:

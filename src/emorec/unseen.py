@@ -42,6 +42,8 @@ class Recipe:
     preset: str
     overrides: dict[str, Any] = field(default_factory=dict)
     about: str = ""
+    #: keys to set on the preset's ``data.sources`` entries, by source name
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,15 @@ class Protocol:
         for name, entry in (raw.get("recipes") or {}).items():
             if not isinstance(entry, dict) or "preset" not in entry:
                 raise ParamsError(f"{where}: recipes.{name}", "needs a preset")
+            patches = entry.get("sources") or {}
+            if not isinstance(patches, dict) or not all(isinstance(v, dict)
+                                                        for v in patches.values()):
+                raise ParamsError(f"{where}: recipes.{name}.sources",
+                                  "must map source names to the keys to set on them")
             recipes[str(name)] = Recipe(str(name), str(entry["preset"]),
                                         dict(entry.get("overrides") or {}),
-                                        str(entry.get("about", "")))
+                                        str(entry.get("about", "")),
+                                        {str(k): dict(v) for k, v in patches.items()})
         if not recipes:
             raise ParamsError(f"{where}: recipes", "lists no recipe")
         return cls(unseen=[dict(e) for e in unseen], holdout=[str(h) for h in
@@ -86,6 +94,22 @@ def scoring_entry(entry: dict[str, Any]) -> dict[str, Any]:
     if out.get("split") == "predefined" and out.get("usage"):
         out["usage"] = {name: "test" for name in out["usage"]}
     return out
+
+
+def patch_sources(overrides: dict[str, Any], patches: dict[str, dict[str, Any]]
+                  ) -> dict[str, Any]:
+    """``overrides`` with each ``data.sources`` entry named in ``patches`` updated by its keys
+    (a recipe that changes one source, e.g. FER+ with a second label view).
+
+    Raises :class:`ParamsError` when a patch names no source of the overrides.
+    """
+    sources = [dict(s) for s in overrides.get("data.sources") or []]
+    unknown = sorted(set(patches) - {s["name"] for s in sources})
+    if unknown:
+        raise ParamsError("recipes.sources", f"{unknown} are not sources of the preset "
+                                             f"({[s['name'] for s in sources]})")
+    patched = [dict(s, **patches.get(s["name"], {})) for s in sources]
+    return {**overrides, "data.sources": patched} if sources else dict(overrides)
 
 
 def plan_run(overrides: dict[str, Any], heldout: str | None, unseen: list[dict[str, Any]]
