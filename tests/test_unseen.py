@@ -13,7 +13,14 @@ from test_sources import face, save, sources_params
 from emorec.errors import ParamsError
 from emorec.ingest import run_ingest
 from emorec.split_balance import run_split
-from emorec.unseen import Protocol, plan_run, protocol_table, run_name, training_sources
+from emorec.unseen import (
+    Protocol,
+    patch_sources,
+    plan_run,
+    protocol_table,
+    run_name,
+    training_sources,
+)
 
 CLASSES = ["angry", "fearful", "happy", "neutral", "sad", "surprised"]
 LAB_MAP = {"a": "neutral", "b": "happy", "c": "sad", "d": "angry", "f": "fearful",
@@ -128,6 +135,24 @@ def test_protocol_file_names_what_is_wrong(tmp_path):
         Protocol.load(path)
 
 
+def test_a_recipe_sets_keys_on_one_source_and_no_other():
+    recipe = {"data.sources": [{"name": "a", "reader": "ferplus"}, {"name": "b"}],
+              "train.epochs": 3}
+    patched = patch_sources(recipe, {"a": {"fer2013_view": {"weight": 0.5}}})
+    assert patched["data.sources"] == [{"name": "a", "reader": "ferplus",
+                                        "fer2013_view": {"weight": 0.5}}, {"name": "b"}]
+    assert patched["train.epochs"] == 3 and "fer2013_view" not in recipe["data.sources"][0]
+    with pytest.raises(ParamsError, match=r"\['c'\] are not sources"):
+        patch_sources(recipe, {"c": {"heldout": True}})
+
+
+def test_protocol_recipe_sources_must_be_mappings(tmp_path):
+    path = tmp_path / "unseen.yaml"
+    path.write_text("unseen: []\nrecipes: {x: {preset: p, sources: {a: 1}}}\n")
+    with pytest.raises(ParamsError, match="recipes.x.sources"):
+        Protocol.load(path)
+
+
 def test_the_shipped_protocol_file_plans_every_recipe_and_holdout():
     from pathlib import Path
 
@@ -138,7 +163,8 @@ def test_the_shipped_protocol_file_plans_every_recipe_and_holdout():
     for recipe in protocol.recipes.values():
         preset = yaml.safe_load((root / "presets" / f"{recipe.preset}.yaml").read_text())
         for heldout in protocol.holdout:
-            plan = plan_run(preset | recipe.overrides, heldout, protocol.unseen)
+            plan = plan_run(patch_sources(preset | recipe.overrides, recipe.sources), heldout,
+                            protocol.unseen)
             assert heldout not in training_sources(plan)
             assert not {u["name"] for u in protocol.unseen} & set(training_sources(plan))
 
