@@ -39,7 +39,7 @@ from emorec.cli import script_parser
 from emorec.config import Params, load_params
 from emorec.cross_corpus import NO_FACE, external_sets, fold_map, predict_set, redecide, score_set
 from emorec.decision import META_ADJUSTMENT, adjust_onnx, class_prior, logit_offset, recalibrate
-from emorec.errors import EmorecError
+from emorec.errors import EmorecError, ParamsError
 from emorec.faces import FaceSettings
 from emorec.hardware import cpu_info, describe
 from emorec.headline import unseen_headline, write_headline
@@ -57,16 +57,23 @@ from emorec.unseen import (
     run_name,
     run_summary,
     scoring_entry,
+    teacher_paths,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path("reports/unseen/runs")
 
 
-def recipe_plan(protocol: Protocol, recipe: str, heldout: str | None, screen: bool
-                ) -> dict[str, Any]:
+def recipe_plan(protocol: Protocol, recipe: str, heldout: str | None, screen: bool,
+                models: Path | None = None) -> dict[str, Any]:
     spec = protocol.recipes[recipe]
     overrides = read_preset(spec.preset) | spec.overrides | (protocol.screen if screen else {})
+    if spec.teachers:
+        if models is None:
+            raise ParamsError("--keep-models", f"recipe {recipe} learns from the models of "
+                                               f"{list(spec.teachers)}: name their folder")
+        paths = teacher_paths(spec.teachers, heldout, screen, models)
+        overrides["train.distill.teachers"] = [str(p) for p in paths]
     return plan_run(patch_sources(overrides, spec.sources), heldout, protocol.unseen)
 
 
@@ -82,7 +89,7 @@ def run(protocol: Protocol, args: argparse.Namespace) -> int:
         for heldout in holdouts:
             name = run_name(recipe, heldout, args.screen)
             out = RUNS / f"{name}.json"
-            plan = recipe_plan(protocol, recipe, heldout, args.screen)
+            plan = recipe_plan(protocol, recipe, heldout, args.screen, args.keep_models)
             cmd = ["dvc", "exp", "run", "--name", name, *set_args(plan), "cross_corpus"]
             if args.print:
                 print(shlex.join(cmd))

@@ -19,6 +19,7 @@ from emorec.unseen import (
     plan_run,
     protocol_table,
     run_name,
+    teacher_paths,
     training_sources,
 )
 
@@ -144,6 +145,28 @@ def test_a_recipe_sets_keys_on_one_source_and_no_other():
     assert patched["train.epochs"] == 3 and "fer2013_view" not in recipe["data.sources"][0]
     with pytest.raises(ParamsError, match=r"\['c'\] are not sources"):
         patch_sources(recipe, {"c": {"heldout": True}})
+
+
+def test_teachers_are_the_runs_that_left_out_the_same_source(tmp_path):
+    for name in ("unseen-a-lo-tfeid", "unseen-b-lo-tfeid", "unseen-a-lo-sfew"):
+        (tmp_path / f"{name}.int8.onnx").write_bytes(b"onnx")
+    paths = teacher_paths(("a", "b"), "tfeid", False, tmp_path)
+    assert [p.name for p in paths] == ["unseen-a-lo-tfeid.int8.onnx",
+                                       "unseen-b-lo-tfeid.int8.onnx"]
+    assert all(p.is_absolute() for p in paths)  # dvc runs the stage elsewhere
+    # b has not been run with SFEW left out: a teacher that saw SFEW must not stand in for it
+    with pytest.raises(ParamsError, match="unseen-b-lo-sfew.int8.onnx"):
+        teacher_paths(("a", "b"), "sfew", False, tmp_path)
+
+
+def test_teachers_must_be_other_recipes_of_the_file(tmp_path):
+    path = tmp_path / "unseen.yaml"
+    path.write_text("unseen: []\nrecipes: {x: {preset: p, teachers: [y]}}\n")
+    with pytest.raises(ParamsError, match=r"recipes.x.teachers.*\['y'\]"):
+        Protocol.load(path)
+    path.write_text("unseen: []\nrecipes: {x: {preset: p, teachers: [x]}}\n")
+    with pytest.raises(ParamsError, match="recipes.x.teachers"):
+        Protocol.load(path)
 
 
 def test_protocol_recipe_sources_must_be_mappings(tmp_path):

@@ -42,6 +42,20 @@ def soft_targets(frame: pd.DataFrame, classes: list[str], smoothing: float = 0.0
     return out
 
 
+def label_targets(frame: pd.DataFrame, classes: list[str], smoothing: float = 0.0
+                  ) -> np.ndarray:
+    """``[N, C]`` targets of every row: :func:`soft_targets` when rows carry distributions,
+    else the label-smoothed one-hot of each label (what distillation blends with)."""
+    soft = soft_targets(frame, classes, smoothing)
+    if soft is not None:
+        return soft
+    index = {c: i for i, c in enumerate(classes)}
+    k = len(classes)
+    out = np.full((len(frame), k), smoothing / k, dtype=np.float32)
+    out[np.arange(len(frame)), [index[label] for label in frame["label"]]] += 1.0 - smoothing
+    return out
+
+
 class FaceDataset(Dataset):
     """Images of one split as ``(tensor [1, S, S], class index)``, or ``(tensor, [C] target)``
     when ``soft`` (see :func:`soft_targets`) is given.

@@ -44,6 +44,8 @@ class Recipe:
     about: str = ""
     #: keys to set on the preset's ``data.sources`` entries, by source name
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: recipes whose runs with the same held-out source teach this one (``train.distill``)
+    teachers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,16 @@ class Protocol:
             recipes[str(name)] = Recipe(str(name), str(entry["preset"]),
                                         dict(entry.get("overrides") or {}),
                                         str(entry.get("about", "")),
-                                        {str(k): dict(v) for k, v in patches.items()})
+                                        {str(k): dict(v) for k, v in patches.items()},
+                                        tuple(str(t) for t in entry.get("teachers") or ()))
         if not recipes:
             raise ParamsError(f"{where}: recipes", "lists no recipe")
+        for recipe in recipes.values():
+            unknown = sorted(set(recipe.teachers) - set(recipes)) or (
+                [recipe.name] if recipe.name in recipe.teachers else [])
+            if unknown:
+                raise ParamsError(f"{where}: recipes.{recipe.name}.teachers",
+                                  f"{unknown} are no other recipe of this file")
         return cls(unseen=[dict(e) for e in unseen], holdout=[str(h) for h in
                                                               raw.get("holdout") or []],
                    screen=dict(raw.get("screen") or {}), recipes=recipes)
@@ -110,6 +119,21 @@ def patch_sources(overrides: dict[str, Any], patches: dict[str, dict[str, Any]]
                                              f"({[s['name'] for s in sources]})")
     patched = [dict(s, **patches.get(s["name"], {})) for s in sources]
     return {**overrides, "data.sources": patched} if sources else dict(overrides)
+
+
+def teacher_paths(teachers: tuple[str, ...], heldout: str | None, screen: bool, folder: Path
+                  ) -> list[Path]:
+    """The kept INT8 models of the teacher recipes' runs that left out the same source, so no
+    teacher has seen a face the student is scored on.
+
+    Raises :class:`ParamsError` naming the runs to do first when a file is missing.
+    """
+    paths = [Path(folder) / f"{run_name(t, heldout, screen)}.int8.onnx" for t in teachers]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise ParamsError("recipes.teachers", f"{missing} not in {folder}: run those recipes "
+                                              f"first with --keep-models {folder}")
+    return [p.resolve() for p in paths]
 
 
 def plan_run(overrides: dict[str, Any], heldout: str | None, unseen: list[dict[str, Any]]

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from emorec.camera_augment import CameraAugment, CameraConfig
 from emorec.config import Params
 from emorec.data import FaceDataset, soft_targets
+from emorec.distill import DistillConfig, distilled_targets
 from emorec.errors import DataError
 from emorec.labels import read_label_map
 from emorec.memory_data import (
@@ -66,9 +67,15 @@ def make_loaders(cfg: TrainConfig, params: Params, paths: TrainPaths, classes: l
     pre = Preprocess.from_params(params)
     train_frame = read_split(paths.train_csv, classes)
     val_frame = read_split(paths.val_csv, classes)
+    distill = DistillConfig.from_params(params)
+    if distill is not None:
+        soft = distilled_targets(distill, train_frame, classes, cfg.label_smoothing,
+                                 Path(paths.root))
+        log.info("distillation: %d teacher(s), weight %g", len(distill.teachers), distill.weight)
+    else:
+        soft = soft_targets(train_frame, classes, cfg.label_smoothing)
     train_ds = FaceDataset(train_frame, classes, pre, root=paths.root, augment=cfg.train_augment,
-                           seed=params.seed,
-                           soft=soft_targets(train_frame, classes, cfg.label_smoothing))
+                           seed=params.seed, soft=soft)
     val_ds = FaceDataset(val_frame, classes, pre, root=paths.root)
     check_images_exist(train_ds.paths, paths.train_csv)
     check_images_exist(val_ds.paths, paths.val_csv)
