@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_sources import FER_MAP, save, sources_params, votes
 
 from emorec.errors import ParamsError
 from emorec.ingest import run_ingest
 from emorec.two_view import join_views, match_faces
-from test_sources import FER_MAP, save, sources_params, votes
 
 CLASSES = ["angry", "fearful", "happy", "neutral", "sad", "surprised"]
 FER2013_MAP = {"angry": "angry", "disgust": "angry", "fear": "fearful", "happy": "happy",

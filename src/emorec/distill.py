@@ -71,7 +71,8 @@ def ensemble_probabilities(teachers: Sequence[OnnxClassifier], images: Sequence[
                            batch_size: int = 256) -> np.ndarray:
     """``[N, C]`` mean of the teachers' softened probabilities on the images at ``images``.
 
-    Each teacher preprocesses the images its own way (size, normalisation from its metadata). Raises :class:`DataError` when a teacher's classes differ from ``classes``.
+    Each teacher preprocesses the images its own way (size, normalisation from its metadata).
+    Raises :class:`DataError` when a teacher's classes differ from ``classes``.
     """
     for teacher in teachers:
         if list(teacher.classes) != list(classes):
