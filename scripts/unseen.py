@@ -180,7 +180,8 @@ def pooled_trials(trials: dict[str, Any], recipe: str, holdout: str | None) -> d
 def decide(protocol: Protocol, args: argparse.Namespace) -> int:
     """Post-hoc logit adjustment of a model, tau chosen on the always-unseen sets."""
     base = load_params(args.params).to_dict()
-    preset = read_preset(protocol.recipes[args.recipe].preset)
+    recipe = protocol.recipes[args.recipe]
+    preset = patch_sources(read_preset(recipe.preset), recipe.sources)  # the recipe's labels
     params = Params(base)
     faces = FaceSettings.from_params(params)
     model = OnnxClassifier(args.model)
