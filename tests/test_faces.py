@@ -34,7 +34,8 @@ from emorec.faces import (
     select_faces,
     to_rgb,
 )
-from emorec.faces.mtcnn import _nms, _pnet_bands
+from emorec.faces.mtcnn import _pnet_bands
+from emorec.faces.nms import nms
 from emorec.serving import NO_FACE, answer, find_faces, resolve_mode
 from emorec.transforms import Preprocess
 
@@ -280,7 +281,7 @@ def test_benchmark_cli_writes_the_comparison(tmp_path):
 
 def _textbook_nms(boxes: np.ndarray, threshold: float, union: bool) -> list[int]:
     """Greedy NMS as MTCNN's reference code writes it: best box, drop its overlaps, repeat
-    (its own overlap arithmetic, so a slip in ``_overlaps`` shows too)."""
+    (its own overlap arithmetic, so a slip in ``overlaps`` shows too)."""
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     area = (x2 - x1 + 1) * (y2 - y1 + 1)
     order, keep = np.argsort(boxes[:, 4])[::-1], []
@@ -302,4 +303,4 @@ def test_nms_keeps_what_the_textbook_greedy_loop_keeps(count):
     boxes = np.hstack([corner, corner + rng.integers(5, 80, (count, 2)),
                        rng.random((count, 1)).round(2)])  # rounded: tied scores too
     for threshold, union in ((0.5, True), (0.7, True), (0.7, False)):
-        assert _nms(boxes, threshold, union).tolist() == _textbook_nms(boxes, threshold, union)
+        assert nms(boxes, threshold, union).tolist() == _textbook_nms(boxes, threshold, union)

@@ -152,7 +152,7 @@ function overlap(a, b, union) {
   return inter / (union ? areaA + areaB - inter : Math.min(areaA, areaB));
 }
 
-/** Indices kept by greedy non-maximum suppression, best score first (mtcnn._nms). */
+/** Indices kept by greedy non-maximum suppression, best score first (emorec.faces.nms). */
 export function nms(boxes, threshold, union = true) {
   const order = boxes.map((_, i) => i).sort((i, j) => boxes[j][4] - boxes[i][4]);
   const suppressed = new Uint8Array(boxes.length);

@@ -45,7 +45,8 @@ from emorec.faces.detectors import (
     crop_largest_face,
     detect_faces,
 )
-from emorec.faces.mtcnn import NMS_MATRIX_MAX, MtcnnDetector
+from emorec.faces.mtcnn import MtcnnDetector
+from emorec.faces.nms import NMS_MATRIX_MAX
 from emorec.faces.settings import DETECTORS, FaceSettings, make_detector, thread_detector
 
 __all__ = [

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from emorec.faces.detectors import Face, FaceDetector, package_file
+from emorec.faces.nms import nms as _nms
 
 
 class MtcnnDetector(FaceDetector):
@@ -211,46 +212,6 @@ def _crops(rgb: np.ndarray, boxes: np.ndarray, side: int) -> np.ndarray:
             out[i] = cv2.resize(padded[y1:y2 + 1, x1:x2 + 1], (side, side),
                                 interpolation=cv2.INTER_AREA)
     return _normalise(out).transpose(0, 2, 1, 3)
-
-
-def _nms(boxes: np.ndarray, threshold: float, union: bool = True) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression on ``[N, >=5]`` (x1, y1, x2, y2, score).
-
-    ``union=False`` divides the overlap by the smaller box (MTCNN's last stage), which also drops
-    a small box inside a larger one. Up to ``NMS_MATRIX_MAX`` boxes the pairwise overlaps are
-    one matrix and the greedy pass only reads it (a photo's NMS calls: ~2 -> ~0.3 ms); beyond,
-    one row is computed per kept box.
-    """
-    order = np.argsort(boxes[:, 4])[::-1]
-    ranked = boxes[order, 0:4]
-    matrix = _overlaps(ranked, ranked, union) if len(ranked) <= NMS_MATRIX_MAX else None
-    suppressed = np.zeros(len(ranked), dtype=bool)
-    keep = []
-    for i in range(len(ranked)):
-        if suppressed[i]:
-            continue
-        keep.append(order[i])
-        row = matrix[i] if matrix is not None else _overlaps(ranked[i:i + 1], ranked, union)[0]
-        suppressed |= row > threshold
-    return np.array(keep, dtype=int)
-
-
-NMS_MATRIX_MAX = 1024  # 1024^2 float64 overlaps = 8 MB
-
-
-def _overlaps(a: np.ndarray, b: np.ndarray, union: bool) -> np.ndarray:
-    """``[len(a), len(b)]`` overlap of boxes (x1, y1, x2, y2, inclusive pixels): intersection
-    over union, or over the smaller box."""
-    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)
-    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)
-    w = np.maximum(0.0, np.minimum(a[:, None, 2], b[None, :, 2])
-                   - np.maximum(a[:, None, 0], b[None, :, 0]) + 1)
-    h = np.maximum(0.0, np.minimum(a[:, None, 3], b[None, :, 3])
-                   - np.maximum(a[:, None, 1], b[None, :, 1]) + 1)
-    inter = w * h
-    denom = (area_a[:, None] + area_b[None, :] - inter if union
-             else np.minimum(area_a[:, None], area_b[None, :]))
-    return inter / denom
 
 
 def _square(boxes: np.ndarray) -> np.ndarray:
