@@ -579,10 +579,12 @@ def main(params: Params, args: argparse.Namespace) -> None:
     report = {"tool": f"locust {_locust_version()}", "url": url, "endpoint": "/classify",
               **common, "ceiling": roof, "scenarios": scenarios,
               "clients_50_vs_ceiling": ratio, "batching": batching,
-              "detection_by_size": {"what": "find_faces in-process (MTCNN, faces."
-                                    "max_side, crops, preprocessing), median ms, one thread "
-                                    "pool of faces.mtcnn.threads", "max_side":
-                                    params.get("faces.max_side", 0), "sizes": by_size},
+              "detection_by_size": {"what": "find_faces in-process (faces.detector, faces."
+                                    "max_side, crops, preprocessing), median ms, on "
+                                    "faces.threads threads",
+                                    "detector": params.get("faces.detector"),
+                                    "max_side": params.get("faces.max_side", 0),
+                                    "sizes": by_size},
               # 1-minute load average: other work on the machine skews every figure
               "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
               "targets": targets(scenarios, ratio, stream)}

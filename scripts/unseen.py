@@ -40,7 +40,7 @@ from emorec.config import Params, load_params
 from emorec.cross_corpus import NO_FACE, external_sets, fold_map, predict_set, redecide, score_set
 from emorec.decision import META_ADJUSTMENT, adjust_onnx, class_prior, logit_offset, recalibrate
 from emorec.errors import EmorecError, ParamsError
-from emorec.faces import FaceSettings
+from emorec.faces import DETECTORS, FaceSettings
 from emorec.hardware import cpu_info, describe
 from emorec.headline import unseen_headline, write_headline
 from emorec.inference import META_MIN_CONFIDENCE, META_TEMPERATURE, OnnxClassifier
@@ -130,6 +130,10 @@ def score(protocol: Protocol, args: argparse.Namespace) -> int:
     """Shipped model folders (or .onnx files) on the always-unseen sets."""
     base = load_params(args.params).to_dict()
     base.setdefault("evaluate", {})["external"] = [scoring_entry(u) for u in protocol.unseen]
+    if args.detector and args.detector != base["faces"]["detector"]:
+        # another detector than the service's, at its own default threshold (the configured one
+        # is in the service's detector's units)
+        base["faces"].update(detector=args.detector, score_threshold=None)
     params = Params(base)
     faces = FaceSettings.from_params(params)
     for target in args.models:
@@ -154,7 +158,7 @@ def score(protocol: Protocol, args: argparse.Namespace) -> int:
         summary = run_summary({"sets": sets, "model": str(path)}, f"shipped:{name}", None,
                               [u["name"] for u in protocol.unseen])
         summary.update(name=f"shipped-{name}", about=args.about, screen=False,
-                       commit=git_commit(Path(".")),
+                       detector=faces.detector, commit=git_commit(Path(".")),
                        hardware=describe(cpu_info()))
         out = RUNS / f"shipped-{name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -303,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="add the sets a protocol run RUN lacks (a set added to the file "
                               "after it ran), scored with its kept model")
     p_score.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p_score.add_argument("--detector", choices=sorted(DETECTORS),
+                         help="find faces with this detector (at its default threshold) instead "
+                              "of the service's faces.detector, to compare detectors")
     p_decide = sub.add_parser("decide", help="logit-adjust a model: tau chosen on the "
                                              "always-unseen sets, baked into the file")
     p_decide.add_argument("model", type=Path, help="unadjusted INT8 ONNX model")

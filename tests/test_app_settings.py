@@ -11,7 +11,7 @@ import pytest
 
 from emorec.config import Params
 from emorec.errors import ParamsError
-from emorec.faces import FaceSettings, MtcnnDetector
+from emorec.faces import FaceSettings, MtcnnDetector, YunetDetector
 from emorec.mobile import MobileAssetsError, MobileSettings, face_config
 from emorec.serving.settings import ServeSettings
 
@@ -25,13 +25,27 @@ def edited(raw: dict, section: str, **values) -> Params:
 
 
 def test_the_app_gets_the_services_detector_settings(repo_params_raw):
-    params = edited(repo_params_raw, "faces", min_size=30, max_faces=5, whole_image_max_side=200)
+    params = edited(repo_params_raw, "faces", min_size=30, max_faces=5, whole_image_max_side=200,
+                    detector="mtcnn", score_threshold=None)
     faces = face_config(FaceSettings.from_params(params))
+    assert faces["detector"] == "mtcnn"
     assert faces["min_size"] == 30 and faces["max_faces"] == 5
     assert faces["whole_image_max_side"] == 200
+    assert faces["score_threshold"] == MtcnnDetector.default_threshold
     assert faces["stage_thresholds"] == list(MtcnnDetector.stage_thresholds)
     assert faces["scale_factor"] == params.number("faces.mtcnn.scale_factor")
     assert sorted(faces["files"]) == ["onet", "pnet", "rnet"]
+
+
+def test_the_app_gets_yunets_settings(repo_params_raw):
+    params = edited(repo_params_raw, "faces", detector="yunet", score_threshold=0.65)
+    params.raw["faces"]["yunet"] = {"input_side": 512}
+    faces = face_config(FaceSettings.from_params(params))
+    assert faces["detector"] == "yunet" and faces["score_threshold"] == 0.65
+    assert faces["input_side"] == 512
+    assert faces["candidate_threshold"] == YunetDetector.candidate_threshold
+    assert faces["nms_threshold"] == YunetDetector.nms_threshold
+    assert faces["files"] == {"yunet": "yunet/yunet_s.onnx"}
 
 
 def test_auto_crop_needs_the_detector_the_app_runs(repo_params_raw):

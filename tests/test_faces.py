@@ -36,6 +36,7 @@ from emorec.faces import (
 )
 from emorec.faces.mtcnn import _pnet_bands
 from emorec.faces.nms import nms
+from emorec.faces.yunet import decode, network_input, weights_path
 from emorec.serving import NO_FACE, answer, find_faces, resolve_mode
 from emorec.transforms import Preprocess
 
@@ -48,6 +49,13 @@ bench = BENCH
 @pytest.fixture(scope="module")
 def mtcnn():
     return make_detector("mtcnn", min_size=24, score_threshold=0.9)
+
+
+@pytest.fixture(scope="module", params=["mtcnn", "yunet"])
+def detector(request):
+    """Each detector the service and the app can run, at its threshold in params.yaml's terms."""
+    return make_detector(request.param, min_size=24,
+                         score_threshold={"mtcnn": 0.9, "yunet": 0.6}[request.param])
 
 
 def flat_images() -> dict[str, Image.Image]:
@@ -78,12 +86,12 @@ def test_real_photos_are_not_blank():
     assert not any(is_blank(rgb) for rgb in PHOTOS.values())
 
 
-def test_mtcnn_finds_the_astronaut_with_landmarks(mtcnn):
-    faces = mtcnn.detect(PHOTOS["astronaut"])
+def test_detectors_find_the_astronaut_with_landmarks(detector):
+    faces = detector.detect(PHOTOS["astronaut"])
     assert len(faces) == 1
     face = faces[0]
     assert bench.iou(face.box, TRUTH["astronaut"]) > 0.5
-    assert face.score >= 0.9
+    assert face.score >= detector.threshold
     x, y, w, h = face.box
     for name in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right"):
         px, py = face.landmarks[name]
@@ -92,18 +100,18 @@ def test_mtcnn_finds_the_astronaut_with_landmarks(mtcnn):
     assert abs(eye_angle(face)) < 5  # she holds her head level
 
 
-def test_group_photo_gives_one_face_each(mtcnn):
+def test_group_photo_gives_one_face_each(detector):
     rgb, boxes = bench.tile_row([(PHOTOS[n], (TRUTH[n],)) for n in ("astronaut", "grace_hopper")])
-    faces = mtcnn.detect(rgb)
+    faces = detector.detect(rgb)
     assert len(faces) == 2
     assert bench.match(boxes, faces) == (2, 0)
 
 
 @pytest.mark.parametrize("name", ["coffee", "chelsea", "rocket"])
-def test_faceless_photos_have_no_face(mtcnn, name):
+def test_faceless_photos_have_no_face(detector, name):
     from skimage import data
 
-    assert mtcnn.detect(getattr(data, name)()) == []
+    assert detector.detect(getattr(data, name)()) == []
 
 
 def test_align_crop_levels_a_tilted_face(mtcnn):
@@ -189,7 +197,8 @@ def test_select_faces_policies():
 
 def test_face_settings_from_params(repo_params_raw):
     settings = FaceSettings.from_params(Params(repo_params_raw))
-    assert settings.detector == "mtcnn"
+    faces = repo_params_raw["faces"]
+    assert settings.detector == faces["detector"]
     assert settings.margin == repo_params_raw["serve"]["face_margin"]
     raw = json.loads(json.dumps(repo_params_raw))
     raw["faces"]["detector"] = "yolo"
@@ -199,13 +208,79 @@ def test_face_settings_from_params(repo_params_raw):
     raw["faces"]["mtcnn"]["scale_factor"] = 1.2  # a pyramid that grows never ends
     with pytest.raises(ParamsError, match="faces.mtcnn.scale_factor"):
         FaceSettings.from_params(Params(raw))
-    assert settings.detector_options() == {"scale_factor": settings.scale_factor,
-                                           "threads": settings.threads,
-                                           "max_side": repo_params_raw["faces"]["max_side"]}
-    del raw["faces"]["mtcnn"]  # a params file from before the section: MTCNN as published
+    raw = json.loads(json.dumps(repo_params_raw))
+    raw["faces"]["detector"] = "yunet"
+    assert FaceSettings.from_params(Params(raw)).detector_options() == {
+        "threads": faces["threads"], "max_side": faces["max_side"],
+        "input_side": faces["yunet"]["input_side"]}
+    raw["faces"]["detector"] = "mtcnn"
+    assert FaceSettings.from_params(Params(raw)).detector_options() == {
+        "scale_factor": faces["mtcnn"]["scale_factor"], "threads": faces["threads"],
+        "max_side": faces["max_side"]}
+    # a params file from before faces.threads names MTCNN's own; before faces.mtcnn and
+    # faces.max_side: MTCNN as published, on one thread, at full size
+    del raw["faces"]["threads"]
+    raw["faces"]["mtcnn"]["threads"] = 3
+    assert FaceSettings.from_params(Params(raw)).threads == 3
+    del raw["faces"]["mtcnn"]
     del raw["faces"]["max_side"]
     assert FaceSettings.from_params(Params(raw)).detector_options() == {
         "scale_factor": 0.709, "threads": 1, "max_side": 0}
+
+
+def test_yunet_decodes_anchors_as_opencv_does():
+    """One anchor of the stride-16 grid of a 64x64 input, by cv2.FaceDetectorYN's formulas."""
+    sizes = {8: 64, 16: 16, 32: 4}  # anchors per stride on 64x64
+    outputs = {}
+    for stride, n in sizes.items():
+        outputs[f"cls_{stride}"] = np.zeros((1, n, 1), np.float32)
+        outputs[f"obj_{stride}"] = np.ones((1, n, 1), np.float32)
+        outputs[f"bbox_{stride}"] = np.zeros((1, n, 4), np.float32)
+        outputs[f"kps_{stride}"] = np.zeros((1, n, 10), np.float32)
+    cell = 1 * 4 + 2  # row 1, column 2 of the 4x4 grid
+    outputs["cls_16"][0, cell] = 0.81  # score sqrt(0.81 x 1) = 0.9
+    outputs["bbox_16"][0, cell] = [0.5, 0.25, np.log(2), np.log(3)]
+    outputs["kps_16"][0, cell, 0:2] = [0.5, -0.5]
+    outputs["cls_8"][0, 5] = 0.16  # score 0.4: below the floor
+    rows = decode(outputs, 64, 64, threshold=0.5)
+    assert rows.shape == (1, 15)
+    # centre ((2 + 0.5) x 16, (1 + 0.25) x 16) = (40, 20); size (2 x 16, 3 x 16) = (32, 48)
+    np.testing.assert_allclose(rows[0, :5], [24, -4, 56, 44, 0.9], atol=1e-5)
+    np.testing.assert_allclose(rows[0, 5:7], [40, 8], atol=1e-5)  # (2.5 x 16, 0.5 x 16)
+    np.testing.assert_allclose(rows[0, 7:], np.repeat([[32, 16]], 4, axis=0).ravel(), atol=1e-5)
+
+
+def test_yunet_input_is_padded_bgr():
+    rgb = np.zeros((40, 70, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    x = network_input(rgb)
+    assert x.shape == (1, 3, 64, 96)
+    assert x[0, 2, :40, :70].min() == 200 and x[0, 0].max() == 0  # red is the last plane
+    assert x[0, :, 40:].max() == 0 and x[0, :, :, 70:].max() == 0
+
+
+def test_yunet_finds_small_faces_on_photos_enlarged_to_its_input_side():
+    tiles = next(s for s in bench.samples() if s.name == "small_40px")
+    enlarged = make_detector("yunet", min_size=24, score_threshold=0.6, input_side=640)
+    as_is = make_detector("yunet", min_size=24, score_threshold=0.6, input_side=0)
+    found, false = bench.match(tiles.faces, enlarged.detect(tiles.rgb))
+    assert found > bench.match(tiles.faces, as_is.detect(tiles.rgb))[0] and false == 0
+    # the faces come back in the photo's own pixels
+    small = cv2.resize(PHOTOS["astronaut"], (256, 256), interpolation=cv2.INTER_AREA)
+    face = enlarged.detect(small)[0]
+    truth = tuple(v // 2 for v in TRUTH["astronaut"])
+    assert bench.iou(face.box, truth) > 0.5
+    x, y, w, h = face.box
+    assert all(x <= px <= x + w and y <= py <= y + h for px, py in face.landmarks.values())
+
+
+def test_yunet_weights_are_the_file_their_provenance_names():
+    import hashlib
+
+    note = (weights_path().parent / "PROVENANCE.md").read_text()
+    digest = hashlib.sha256(weights_path().read_bytes()).hexdigest()
+    assert f"sha256 `{digest[:8]}…{digest[-3:]}`" in note
+    assert f"{weights_path().stat().st_size:,} bytes" in note
 
 
 def test_missing_weights_package_is_a_clear_error(monkeypatch):

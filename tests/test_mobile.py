@@ -29,10 +29,16 @@ from onnx import numpy_helper
 from PIL import Image
 from stagerun import REPO, STAGES, run_python
 
-from emorec.config import Params
+from emorec.config import Params, load_params
+from emorec.faces import FaceSettings
 from emorec.inference import OnnxClassifier
 from emorec.labels import write_label_map
-from emorec.mobile import MobileAssetsError, MobileSettings, write_mobile_assets
+from emorec.mobile import (
+    MobileAssetsError,
+    MobileSettings,
+    detector_files,
+    write_mobile_assets,
+)
 from emorec.transforms import Preprocess
 
 MOBILE = REPO / "mobile"
@@ -114,8 +120,9 @@ def assets_dir(model_files, small_params, tmp_path_factory) -> Path:
     run = run_python(args, timeout=120)
     assert run.returncode == 0, run.stderr
     report = json.loads((work / "report.json").read_text())
+    detector = sorted(detector_files(FaceSettings.from_params(load_params(params_path))))
     assert sorted(report["files"]) == ["config.json", "label_map.json", "model.int8.onnx",
-                                       "mtcnn/onet.onnx", "mtcnn/pnet.onnx", "mtcnn/rnet.onnx"]
+                                       *detector]
     return work / "model"
 
 
@@ -131,7 +138,7 @@ class _Handler(SimpleHTTPRequestHandler):
     def translate_path(self, path: str) -> str:
         if path.startswith(TEST_MODEL_PREFIX):
             name = Path(path[len(TEST_MODEL_PREFIX):].split("?")[0])
-            # the model folder's files and its mtcnn/ weights; nothing above the folder
+            # the model folder's files and its detector's weights; nothing above the folder
             return str(self.model_dir.joinpath(*[p for p in name.parts if p not in ("..", "/")]))
         return super().translate_path(path)
 

@@ -233,7 +233,7 @@ def test_app_finds_and_answers_faces_as_the_service_does(parity, browser, servic
     assert rows["two_smiles"]["app_labels"] == ["happy", "happy"]
     assert rows["blank"]["app_faces"] == 0 and rows["blank"]["page_result"] == "no face found"
     assert rows["faceless_photo"]["app_faces"] == 0
-    # A small crop with no face found by MTCNN is taken whole, as the service does.
+    # A small crop is answered (its face found, or taken whole as the service does).
     assert rows["small_crop"]["app_faces"] == 1
 
     report = os.environ.get("EMOREC_PARITY_REPORT")

@@ -113,12 +113,12 @@ def test_loss_comparison_is_rendered_best_first(tool, tmp_path):
 
 def test_detector_table_names_the_cpu_and_the_options(tool):
     row = {"detector": "mtcnn", "options": {"scale_factor": 0.6}, "found": 3, "faces": 4,
-           "recall": 0.75, "false_positives": 0, "ms_per_image_median": 16.4}
+           "recall": 0.75, "false_positives": 0, "ms_per_image_median": 16.4, "threshold": 0.9}
     report = {"faces_total": 4, "images": [{}, {}], "machine": {"cpu": "Some CPU, 2 cores"},
               "results": [row], "recommended": {"detector": "mtcnn", "rule": "best F1"}}
     text = tool.render_detectors(report)
     assert "4 real faces in 2 images, Some CPU, 2 cores" in text
-    assert "| mtcnn | scale_factor 0.6 | 3 of 4 | 0.750 | 0 | 16 |" in text
+    assert "| mtcnn | scale_factor 0.6 | 0.9 | 3 of 4 | 0.750 | 0 | 16 |" in text
 
 
 def test_soak_line_shows_every_process_memory_and_health(tool):

@@ -1,5 +1,5 @@
 // The PWA: load the pipeline's INT8 ONNX model with onnxruntime-web, take a photo (camera) or a
-// file, find every face as the service does (./faces.js: the service's MTCNN weights, eye
+// file, find every face as the service does (./faces.js: the service's face detector, eye
 // levelling, its margin), preprocess exactly as training did (./preprocess.js) and show each
 // face's label on the photo and the largest face's class probabilities as bars. Everything runs
 // on the device; the only requests go to this origin, unless the user (or a device that cannot
@@ -21,7 +21,7 @@
 // starts/stops the live mode (./live.js) and reports its frame rate and faces.
 import * as ort from 'onnxruntime-web';
 import { drawFaces, scaleBox } from './draw.js';
-import { createMtcnn, findFaces } from './faces.js';
+import { createDetector, findFaces } from './faces.js';
 import { createLive } from './live.js';
 import { centerSquare, preprocess } from './preprocess.js';
 import { askService, facesFromAnswer, hasWasmSimd } from './service.js';
@@ -87,7 +87,7 @@ async function createSession(modelUrl) {
 async function loadOnDevice(config) {
   if (!hasWasmSimd()) throw new Error('this browser has no WebAssembly SIMD');
   const session = await createSession(config.modelUrl);
-  const detector = config.crop === 'auto' ? await createMtcnn(ort, modelBase, config.faces) : null;
+  const detector = config.crop === 'auto' ? await createDetector(ort, modelBase, config.faces) : null;
   return { session, detector };
 }
 
@@ -125,7 +125,7 @@ function readPixels(bitmap, region) {
 
 /**
  * The faces of a photo with their crop pixels, by the crop mode: `auto` finds them as the
- * service does (./faces.js: MTCNN, eye-levelled crops, the blank and small-upload rules);
+ * service does (./faces.js: its detector, eye-levelled crops, the blank and small-upload rules);
  * `center` takes the largest centred square, `none` the whole photo.
  * Returns [{box, score, landmarks, angle, rgba, width, height, method}].
  */

@@ -1,14 +1,15 @@
 // Faces found and cut out as the service does it (emorec.faces, emorec.serving.answers):
-//   * MTCNN's P-, R- and O-Net: the service's own ONNX weights (copied next to the model by the
-//     stage mobile_assets) on onnxruntime-web, with the cascade, thresholds, pyramid and NMS of
-//     src/emorec/faces/mtcnn.py, step for step;
+//   * the service's detector (config.json faces.detector) on its own ONNX weights (copied next to
+//     the model by the stage mobile_assets), on onnxruntime-web: YuNet, decoded as
+//     src/emorec/faces/yunet.py does, or MTCNN's P-, R- and O-Net with the cascade, thresholds,
+//     pyramid and NMS of src/emorec/faces/mtcnn.py, step for step;
 //   * the eye-levelling square crop with serve.face_margin (emorec.faces.align_crop);
 //   * the service's rules around them: a flat picture has no face, at most faces.max_faces
 //     faces (largest first), and a small upload in which no face is found is taken whole.
 // The image arithmetic follows OpenCV's (area and bilinear resizing, warpAffine with replicated
 // borders) in floating point: a grey level may differ by one where OpenCV rounds in fixed point,
-// which moves a box by a pixel at most. Pure functions on typed arrays, except createFaceFinder,
-// which loads the three networks.
+// which moves a box by a pixel at most. Pure functions on typed arrays, except createDetector,
+// createYunet and createMtcnn, which load the networks.
 
 const NORM_SHIFT = 127.5;
 const NORM_SCALE = 0.0078125;
@@ -365,26 +366,134 @@ export async function createMtcnn(ort, baseUrl, settings) {
     });
   }
 
-  /** FaceDetector.detect: a photo longer than `max_side` searched shrunk to it, the faces
-   * scaled back, cut to the photo, filtered by score and size, largest first. */
-  async function detect(rgb, width, height) {
+  return { detect: frontDetect(cascade, settings) };
+}
+
+/** The detector config.json names (faces.detector: yunet or mtcnn), loaded. */
+export async function createDetector(ort, baseUrl, settings) {
+  if (settings.detector === 'yunet') return createYunet(ort, baseUrl, settings);
+  if (settings.detector === 'mtcnn') return createMtcnn(ort, baseUrl, settings);
+  throw new Error(`config.json: faces.detector ${JSON.stringify(settings.detector)} is not one `
+    + 'the app runs (yunet, mtcnn)');
+}
+
+/**
+ * FaceDetector.detect around a detector's raw faces (`raw(rgb, width, height)`): a photo longer
+ * than `max_side` searched shrunk to it, the faces scaled back, cut to the photo, filtered by
+ * score and size, largest first.
+ */
+function frontDetect(raw, settings) {
+  return async function detect(rgb, width, height) {
     const scale = shrinkScale(width, height, settings.max_side || 0);
-    let raw;
+    let faces;
     if (scale === 1) {
-      raw = await cascade(rgb, width, height);
+      faces = await raw(rgb, width, height);
     } else {
       const w = Math.max(1, roundHalfEven(width * scale));
       const h = Math.max(1, roundHalfEven(height * scale));
-      raw = (await cascade(resizeRgb(rgb, width, height, w, h, 'area'), w, h))
+      faces = (await raw(resizeRgb(rgb, width, height, w, h, 'area'), w, h))
         .map((face) => unscale(face, scale));
     }
-    return raw.map((face) => clip(face, width, height))
+    return faces.map((face) => clip(face, width, height))
       .filter((f) => f.score >= settings.score_threshold
         && Math.min(f.box.width, f.box.height) >= settings.min_size)
       .sort((a, b) => b.box.width * b.box.height - a.box.width * a.box.height);
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// YuNet (emorec.faces.yunet)
+
+const YUNET_STRIDES = [8, 16, 32];
+const YUNET_PAD = 32;
+const padded = (side) => Math.max(YUNET_PAD, Math.ceil(side / YUNET_PAD) * YUNET_PAD);
+
+/** RGB bytes as YuNet's input [1, 3, H', W']: BGR 0-255, zero-padded to multiples of 32. */
+export function yunetInput(rgb, width, height) {
+  const h = padded(height);
+  const w = padded(width);
+  const data = new Float32Array(3 * h * w);
+  for (let y = 0; y < height; y += 1) {
+    for (let x = 0; x < width; x += 1) {
+      const s = (y * width + x) * 3;
+      const d = y * w + x;
+      data[d] = rgb[s + 2];
+      data[h * w + d] = rgb[s + 1];
+      data[2 * h * w + d] = rgb[s];
+    }
+  }
+  return { data, dims: [1, 3, h, w] };
+}
+
+/** Anchors scoring at or above `threshold` as rows [x1, y1, x2, y2, score, 10 landmark
+ * coordinates] (yunet.decode): score = sqrt(class x objectness), centre = (cell + offset) x
+ * stride, size = exp(offset) x stride. */
+export function yunetDecode(outputs, height, width, threshold) {
+  const rows = [];
+  for (const stride of YUNET_STRIDES) {
+    const cols = Math.floor(width / stride);
+    const cls = outputs[`cls_${stride}`].data;
+    const obj = outputs[`obj_${stride}`].data;
+    const bbox = outputs[`bbox_${stride}`].data;
+    const kps = outputs[`kps_${stride}`].data;
+    const clamp = (v) => Math.min(1, Math.max(0, v));
+    for (let i = 0; i < cls.length; i += 1) {
+      const score = Math.sqrt(clamp(cls[i]) * clamp(obj[i]));
+      if (score < threshold) continue;
+      const c = i % cols;
+      const r = Math.floor(i / cols);
+      const cx = (c + bbox[i * 4]) * stride;
+      const cy = (r + bbox[i * 4 + 1]) * stride;
+      const w = Math.exp(bbox[i * 4 + 2]) * stride;
+      const h = Math.exp(bbox[i * 4 + 3]) * stride;
+      const marks = [];
+      for (let k = 0; k < 5; k += 1) {
+        marks.push((kps[i * 10 + 2 * k] + c) * stride, (kps[i * 10 + 2 * k + 1] + r) * stride);
+      }
+      rows.push([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, score, ...marks]);
+    }
+  }
+  return rows;
+}
+
+/**
+ * Load YuNet (config.json faces.files.yunet under `baseUrl`) on onnxruntime-web. `settings`:
+ * {min_size, score_threshold, candidate_threshold, nms_threshold, input_side, max_side, files}.
+ * Returns {detect(rgb, width, height) -> faces, largest first}, faces as createMtcnn's.
+ */
+export async function createYunet(ort, baseUrl, settings) {
+  const options = { executionProviders: ['wasm'], graphOptimizationLevel: 'all' };
+  const session = await ort.InferenceSession.create(
+    new URL(settings.files.yunet, baseUrl).href, options);
+
+  async function run(rgb, width, height) {
+    const input = yunetInput(rgb, width, height);
+    const outputs = await session.run({
+      [session.inputNames[0]]: new ort.Tensor('float32', input.data, input.dims) });
+    const rows = yunetDecode(outputs, input.dims[2], input.dims[3], settings.candidate_threshold);
+    return nms(rows, settings.nms_threshold).map((i) => {
+      const [x1, y1, x2, y2, score, ...m] = rows[i];
+      const eyes = [[m[0], m[1]], [m[2], m[3]]].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+      return {
+        box: [Math.trunc(x1), Math.trunc(y1), Math.trunc(x2 - x1), Math.trunc(y2 - y1)],
+        score,
+        landmarks: { left_eye: eyes[0], right_eye: eyes[1], nose: [m[4], m[5]],
+          mouth_left: [m[6], m[7]], mouth_right: [m[8], m[9]] },
+      };
+    });
   }
 
-  return { detect };
+  /** YunetDetector._detect: a photo shorter than input_side enlarged to it (bilinear) first. */
+  async function raw(rgb, width, height) {
+    const factor = settings.input_side / Math.max(width, height);
+    if (factor <= 1) return run(rgb, width, height);
+    const w = Math.max(1, roundHalfEven(width * factor));
+    const h = Math.max(1, roundHalfEven(height * factor));
+    return (await run(resizeRgb(rgb, width, height, w, h, 'linear'), w, h))
+      .map((face) => unscale(face, factor));
+  }
+
+  return { detect: frontDetect(raw, settings) };
 }
 
 /** The factor that brings the longer side down to `maxSide` (1 when it fits, or 0). */

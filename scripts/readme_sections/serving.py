@@ -48,8 +48,11 @@ def serve_load(report: dict[str, Any]) -> list[str]:
     by_size = report.get("detection_by_size")
     if by_size:
         sizes = ", ".join(f"{r['size']} {r['detect_ms_p50']:.0f} ms" for r in by_size["sizes"])
-        lines += ["", f"The service's face step per photo size (MTCNN, crops and preprocessing "
-                      f"in-process, median; `faces.max_side` {by_size['max_side']}): {sizes}."]
+        detector = {"yunet": "YuNet", "mtcnn": "MTCNN"}.get(by_size.get("detector", "mtcnn"),
+                                                            by_size.get("detector"))
+        lines += ["", f"The service's face step per photo size ({detector}, crops and "
+                      f"preprocessing in-process, median; `faces.max_side` "
+                      f"{by_size['max_side']}): {sizes}."]
     photo = report.get("targets", {}).get("single_faces_p50_ms")
     if photo:
         lines[-1] += (f" Photo p50 target {photo['limit']:.0f} ms: "
@@ -76,12 +79,14 @@ def render_detectors(report: dict[str, Any]) -> str:
     machine = report["machine"]
     lines = [f"{report['faces_total']} real faces in {len(report['images'])} images, "
              f"{machine.get('cpu') or str(machine['cpus']) + ' cores'}:", "",
-             "| Detector | Options | Faces found | Recall | False positives | Median ms/image |",
-             "|---|---|---|---|---|---|"]
+             "| Detector | Options | Threshold | Faces found | Recall | False positives "
+             "| Median ms/image |",
+             "|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         options = ", ".join(f"{k} {v}" for k, v in r.get("options", {}).items())
-        lines.append(f"| {r['detector']} | {options} | {r['found']} of {r['faces']} | "
-                     f"{r['recall']:.3f} | {r['false_positives']} | "
+        threshold = r.get("threshold", r.get("default_threshold"))
+        lines.append(f"| {r['detector']} | {options} | {threshold:g} | "
+                     f"{r['found']} of {r['faces']} | {r['recall']:.3f} | {r['false_positives']} | "
                      f"{r['ms_per_image_median']:.0f} |")
     best = report["recommended"]
     lines += ["", f"Recommended: **{best['detector']}** ({best['rule']}). "

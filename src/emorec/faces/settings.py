@@ -16,6 +16,7 @@ from emorec.faces.detectors import (
     HaarDetector,
 )
 from emorec.faces.mtcnn import MtcnnDetector
+from emorec.faces.yunet import YunetDetector
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class FaceSettings:
     multi_face: str = "largest"
     max_faces: int = 20
     scale_factor: float = 0.709  # MTCNN: pyramid step (``faces.mtcnn``)
-    threads: int = 1  # MTCNN: threads one photo's detection is shared between
+    threads: int = 1  # threads one photo's detection is shared between (``faces.threads``)
+    input_side: int = 640  # YuNet: smaller photos are enlarged to this longer side
     #: photos longer than this (px) are searched shrunk to it (``faces.max_side``); 0 = never
     max_side: int = 0
     #: an upload no larger than this (longer side, px) in which no face is found is taken as a
@@ -51,7 +53,10 @@ class FaceSettings:
             # a params file from before faces.mtcnn gets MTCNN as published, on one thread
             scale_factor=s.number("mtcnn.scale_factor", low=0.5, high=0.9,
                                   default=cls.scale_factor),
-            threads=s.integer("mtcnn.threads", low=1, default=cls.threads),
+            # faces.threads; a params file from before it names MTCNN's own
+            threads=s.integer("threads", low=1,
+                              default=s.integer("mtcnn.threads", low=1, default=cls.threads)),
+            input_side=s.integer("yunet.input_side", low=32, default=cls.input_side),
             whole_image_max_side=s.integer("whole_image_max_side", low=0,
                                            default=cls.whole_image_max_side),
             max_side=s.integer("max_side", low=0, default=cls.max_side),
@@ -62,11 +67,15 @@ class FaceSettings:
         if self.detector == "mtcnn":
             return {"scale_factor": self.scale_factor, "threads": self.threads,
                     "max_side": self.max_side}
+        if self.detector == "yunet":
+            return {"threads": self.threads, "max_side": self.max_side,
+                    "input_side": self.input_side}
         return {"max_side": self.max_side}
 
 
 DETECTORS: dict[str, type[FaceDetector]] = {
-    cls.name: cls for cls in (HaarDetector, DlibHogDetector, DlibCnnDetector, MtcnnDetector)}
+    cls.name: cls
+    for cls in (HaarDetector, DlibHogDetector, DlibCnnDetector, MtcnnDetector, YunetDetector)}
 
 
 def make_detector(name: str, min_size: int = 24, score_threshold: float | None = None,
