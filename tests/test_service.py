@@ -404,8 +404,9 @@ def test_bentoml_build_produces_a_servable_bento(tmp_path, int8_model):
     # installed package would hide a missing one; in a container nothing does)
     shipped = bento / "src" / "src" / "emorec"
     needed = _emorec_imports(REPO / "bento" / "service.py")
-    assert {"faces/__init__.py", "faces/mtcnn.py"} <= needed  # packages are followed too
+    assert {"faces/__init__.py", "faces/mtcnn.py", "faces/yunet.py"} <= needed  # packages too
     assert sorted(m for m in needed if not (shipped / m).is_file()) == []
+    assert (shipped / "faces" / "weights" / "yunet_s.onnx").is_file()  # the detector's weights
 
     # The built bento serves on its own: model and params from inside the bento.
     with BentoServer(target=tag, working_dir=tmp_path, log_path=tmp_path / "bento.log",
