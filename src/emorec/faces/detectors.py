@@ -68,7 +68,7 @@ class FaceDetector(ABC):
         scale = shrink_scale(width, height, self.max_side)
         work = rgb if scale == 1.0 else cv2.resize(rgb, shrunk_size(width, height, scale),
                                                    interpolation=cv2.INTER_AREA)
-        faces = [_clip(_unscale(face, scale), width, height) for face in self._detect(work)]
+        faces = [_clip(unscale(face, scale), width, height) for face in self._detect(work)]
         faces = [f for f in faces
                  if f.score >= self.threshold and min(f.box[2], f.box[3]) >= self.min_size]
         return sorted(faces, key=lambda f: f.area, reverse=True)
@@ -88,8 +88,9 @@ def shrunk_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _unscale(face: Face, scale: float) -> Face:
-    """A face found in a photo shrunk by ``scale``, in the full photo's pixels."""
+def unscale(face: Face, scale: float) -> Face:
+    """A face found in a photo resized by ``scale`` (shrunk or enlarged), in the photo's own
+    pixels."""
     if scale == 1.0:
         return face
     marks = None if face.landmarks is None else {

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from emorec.faces.detectors import Face, FaceDetector, _unscale
+from emorec.faces.detectors import Face, FaceDetector, unscale
 from emorec.faces.nms import nms
 
 WEIGHTS = "weights/yunet_s.onnx"  # inside emorec.faces; provenance in weights/PROVENANCE.md
@@ -59,7 +59,7 @@ class YunetDetector(FaceDetector):
         if factor <= 1:
             return self._run(rgb)
         size = (max(1, round(width * factor)), max(1, round(height * factor)))
-        return [_unscale(face, factor)
+        return [unscale(face, factor)
                 for face in self._run(cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR))]
 
     def _run(self, rgb: np.ndarray) -> list[Face]:
