@@ -47,6 +47,8 @@ from emorec.inference import META_MIN_CONFIDENCE, META_TEMPERATURE, OnnxClassifi
 from emorec.provenance import git_commit
 from emorec.sources import source_list, spec_candidates
 from emorec.unseen import (
+    KEPT_MODEL,
+    KEPT_WEIGHTS,
     Protocol,
     brief,
     card_with_table,
@@ -57,24 +59,39 @@ from emorec.unseen import (
     run_name,
     run_summary,
     scoring_entry,
+    start_weights,
     teacher_paths,
 )
+from emorec.weights import export_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = Path("reports/unseen/runs")
 
 
+def recipe_overrides(protocol: Protocol, recipe: str, screen: bool) -> dict[str, Any]:
+    """A recipe's preset with its overrides, source patches and (``screen``) the short schedule."""
+    spec = protocol.recipes[recipe]
+    overrides = read_preset(spec.preset) | spec.overrides | (protocol.screen if screen else {})
+    return patch_sources(overrides, spec.sources)
+
+
 def recipe_plan(protocol: Protocol, recipe: str, heldout: str | None, screen: bool,
                 models: Path | None = None) -> dict[str, Any]:
     spec = protocol.recipes[recipe]
-    overrides = read_preset(spec.preset) | spec.overrides | (protocol.screen if screen else {})
+    overrides = recipe_overrides(protocol, recipe, screen)
+    needs = list(spec.teachers) + ([spec.starts_from] if spec.starts_from else [])
+    if needs and models is None:
+        raise ParamsError("--keep-models", f"recipe {recipe} learns from the runs of {needs}: "
+                                           f"name the folder that keeps their models")
     if spec.teachers:
-        if models is None:
-            raise ParamsError("--keep-models", f"recipe {recipe} learns from the models of "
-                                               f"{list(spec.teachers)}: name their folder")
         paths = teacher_paths(spec.teachers, heldout, screen, models)
         overrides["train.distill.teachers"] = [str(p) for p in paths]
-    return plan_run(patch_sources(overrides, spec.sources), heldout, protocol.unseen)
+    first_stage = None
+    if spec.starts_from:
+        overrides["train.pretrained"] = str(start_weights(spec.starts_from, heldout, screen,
+                                                          models))
+        first_stage = recipe_overrides(protocol, spec.starts_from, screen).get("data.sources")
+    return plan_run(overrides, heldout, protocol.unseen, first_stage)
 
 
 def run(protocol: Protocol, args: argparse.Namespace) -> int:
@@ -112,7 +129,8 @@ def run(protocol: Protocol, args: argparse.Namespace) -> int:
             out.write_text(json.dumps(summary, indent=2) + "\n")
             if args.keep_models:
                 args.keep_models.mkdir(parents=True, exist_ok=True)
-                shutil.copy2("models/model.int8.onnx", args.keep_models / f"{name}.int8.onnx")
+                shutil.copy2("models/model.int8.onnx", args.keep_models / f"{name}{KEPT_MODEL}")
+                export_weights(Path("models/best.pt"), args.keep_models / f"{name}{KEPT_WEIGHTS}")
             print(f"{name}: " + ", ".join(f"{s} {100 * headline(v):.1f}%"
                                           for s, v in summary["sets"].items() if v["n"]),
                   flush=True)
@@ -185,19 +203,22 @@ def decide(protocol: Protocol, args: argparse.Namespace) -> int:
     """Post-hoc logit adjustment of a model, tau chosen on the always-unseen sets."""
     base = load_params(args.params).to_dict()
     recipe = protocol.recipes[args.recipe]
-    preset = patch_sources(read_preset(recipe.preset), recipe.sources)  # the recipe's labels
+    sources = recipe_overrides(protocol, args.recipe, False)["data.sources"]  # its labels
+    # a second stage is scored on a source only its first stage had, too
+    first = (recipe_overrides(protocol, recipe.starts_from, False)["data.sources"]
+             if recipe.starts_from else [])
     params = Params(base)
     faces = FaceSettings.from_params(params)
     model = OnnxClassifier(args.model)
     classes = model.classes
-    entries = [e for e in preset["data.sources"] if e["name"] != args.holdout]
+    entries = [e for e in sources if e["name"] != args.holdout]
     train_specs = source_list(Params({"s": entries}), "s", classes)
     prior = class_prior((c for spec in train_specs for c in spec_candidates(spec, classes)
                          if c.usage in ("train", "")), classes)
     print("train prior: " + ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, prior,
                                                                      strict=True)))
     fold = fold_map(params, classes)
-    held = [e for e in preset["data.sources"] if e["name"] == args.holdout]
+    held = [e for e in [*sources, *first] if e["name"] == args.holdout][:1]
     unseen = source_list(Params({"s": [scoring_entry(u) for u in [*held, *protocol.unseen]]}),
                          "s", classes)
     preds = {spec.name: predict_set(model, spec, faces) for spec in unseen}
@@ -300,8 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--force", action="store_true", help="run again what is done")
     p_run.add_argument("--print", action="store_true", help="print the commands, run nothing")
     p_run.add_argument("--keep-models", type=Path, metavar="DIR",
-                       help="copy each run's INT8 model to DIR/<run>.int8.onnx (to score it "
-                            "again later, e.g. with another decision rule)")
+                       help="keep each run's INT8 model as DIR/<run>.int8.onnx (to score it "
+                            "again, e.g. with another decision rule, or to teach) and its fp16 "
+                            "weights as DIR/<run>.fp16.safetensors (a second stage starts there)")
     p_score = sub.add_parser("score", help="score model files on the always-unseen sets")
     p_score.add_argument("models", nargs="+", type=Path, help="model folders or .onnx files")
     p_score.add_argument("--name", help="record name (default: the folder's name)")

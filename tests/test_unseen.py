@@ -19,6 +19,7 @@ from emorec.unseen import (
     plan_run,
     protocol_table,
     run_name,
+    start_weights,
     teacher_paths,
     training_sources,
 )
@@ -93,6 +94,22 @@ def test_no_face_of_a_held_out_source_trains_near_copies_included(three_sources,
     assert held_ids <= ids["test"]
 
 
+def test_a_second_stage_holds_out_a_source_only_its_first_stage_had(three_sources, params_raw,
+                                                                   tmp_path):
+    recipe, unseen = three_sources
+    first_stage = recipe["data.sources"]
+    second = {"data.sources": first_stage[:2]}  # trains on a and b; its start weights saw c too
+    with pytest.raises(ParamsError, match="'c' is not a source"):
+        plan_run(second, "c", unseen)
+    plan = plan_run(second, "c", unseen, first_stage)
+    assert training_sources(plan) == ["a", "b"]
+    assert [e["name"] for e in plan["evaluate.external"]] == ["c", "unseen"]
+    params = sources_params(params_raw, plan["data.sources"], CLASSES)
+    report = run_ingest(params, tmp_path / "interim", tmp_path / "ingest.json")
+    # c's faces are scored, and b's near copy of one of them does not train the second stage
+    assert report["sources"]["b"]["rejected_by_reason"] == {"near_duplicate": 1}
+
+
 def test_heldout_must_be_a_boolean(params_raw, tmp_path):
     save(face(1), tmp_path / "lab" / "0001a01.png")
     params = sources_params(params_raw, [{**lab_source("lab", tmp_path / "lab"),
@@ -159,6 +176,26 @@ def test_teachers_are_the_runs_that_left_out_the_same_source(tmp_path):
         teacher_paths(("a", "b"), "sfew", False, tmp_path)
 
 
+def test_a_second_stage_starts_from_the_run_that_left_out_the_same_source(tmp_path):
+    (tmp_path / "unseen-a-lo-tfeid.fp16.safetensors").write_bytes(b"weights")
+    path = start_weights("a", "tfeid", False, tmp_path)
+    assert path == (tmp_path / "unseen-a-lo-tfeid.fp16.safetensors").resolve()
+    # weights that saw SFEW must not start a run scored on SFEW
+    with pytest.raises(ParamsError, match="unseen-a-lo-sfew.fp16.safetensors"):
+        start_weights("a", "sfew", False, tmp_path)
+
+
+@pytest.mark.parametrize("entry", ["{x: {preset: p, starts_from: y}}",
+                                   "{x: {preset: p, starts_from: x}}",
+                                   "{x: {preset: p, starts_from: y}, y: {preset: p, "
+                                   "starts_from: z}, z: {preset: p}}"])
+def test_starts_from_is_another_one_stage_recipe(tmp_path, entry):
+    path = tmp_path / "unseen.yaml"
+    path.write_text(f"unseen: []\nrecipes: {entry}\n")
+    with pytest.raises(ParamsError, match="recipes.x.starts_from"):
+        Protocol.load(path)
+
+
 def test_teachers_must_be_other_recipes_of_the_file(tmp_path):
     path = tmp_path / "unseen.yaml"
     path.write_text("unseen: []\nrecipes: {x: {preset: p, teachers: [y]}}\n")
@@ -183,11 +220,16 @@ def test_the_shipped_protocol_file_plans_every_recipe_and_holdout():
 
     root = Path(__file__).resolve().parents[1]
     protocol = Protocol.load(root / "presets/unseen.yaml")
-    for recipe in protocol.recipes.values():
+
+    def overrides(recipe):
         preset = yaml.safe_load((root / "presets" / f"{recipe.preset}.yaml").read_text())
+        return patch_sources(preset | recipe.overrides, recipe.sources)
+
+    for recipe in protocol.recipes.values():
+        first = (overrides(protocol.recipes[recipe.starts_from])["data.sources"]
+                 if recipe.starts_from else None)
         for heldout in protocol.holdout:
-            plan = plan_run(patch_sources(preset | recipe.overrides, recipe.sources), heldout,
-                            protocol.unseen)
+            plan = plan_run(overrides(recipe), heldout, protocol.unseen, first)
             assert heldout not in training_sources(plan)
             assert not {u["name"] for u in protocol.unseen} & set(training_sources(plan))
 

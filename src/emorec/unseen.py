@@ -46,6 +46,9 @@ class Recipe:
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: recipes whose runs with the same held-out source teach this one (``train.distill``)
     teachers: tuple[str, ...] = ()
+    #: a two-stage recipe: the recipe whose run with the same held-out source gives the start
+    #: weights (``train.pretrained``), as ``models/fer2013`` starts from ``models/multisource``
+    starts_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,9 @@ class Protocol:
                                         dict(entry.get("overrides") or {}),
                                         str(entry.get("about", "")),
                                         {str(k): dict(v) for k, v in patches.items()},
-                                        tuple(str(t) for t in entry.get("teachers") or ()))
+                                        tuple(str(t) for t in entry.get("teachers") or ()),
+                                        (str(entry["starts_from"]) if entry.get("starts_from")
+                                         else None))
         if not recipes:
             raise ParamsError(f"{where}: recipes", "lists no recipe")
         for recipe in recipes.values():
@@ -86,6 +91,11 @@ class Protocol:
             if unknown:
                 raise ParamsError(f"{where}: recipes.{recipe.name}.teachers",
                                   f"{unknown} are no other recipe of this file")
+            start = recipe.starts_from
+            if start is not None and (start not in recipes or start == recipe.name
+                                      or recipes[start].starts_from is not None):
+                raise ParamsError(f"{where}: recipes.{recipe.name}.starts_from",
+                                  f"{start!r} must be another one-stage recipe of this file")
         return cls(unseen=[dict(e) for e in unseen], holdout=[str(h) for h in
                                                               raw.get("holdout") or []],
                    screen=dict(raw.get("screen") or {}), recipes=recipes)
@@ -121,26 +131,49 @@ def patch_sources(overrides: dict[str, Any], patches: dict[str, dict[str, Any]]
     return {**overrides, "data.sources": patched} if sources else dict(overrides)
 
 
-def teacher_paths(teachers: tuple[str, ...], heldout: str | None, screen: bool, folder: Path
-                  ) -> list[Path]:
-    """The kept INT8 models of the teacher recipes' runs that left out the same source, so no
-    teacher has seen a face the student is scored on.
+#: what ``run --keep-models DIR`` keeps of a run, by file suffix: the INT8 model (to score again,
+#: or to teach) and the fp16 weights (to start a second stage from)
+KEPT_MODEL = ".int8.onnx"
+KEPT_WEIGHTS = ".fp16.safetensors"
 
-    Raises :class:`ParamsError` naming the runs to do first when a file is missing.
+
+def kept_files(recipes: tuple[str, ...], heldout: str | None, screen: bool, folder: Path,
+               suffix: str, key: str) -> list[Path]:
+    """The kept files (``suffix``) of the runs of ``recipes`` that left out the same source,
+    so nothing a run learns from has seen a face it is scored on.
+
+    Raises :class:`ParamsError` (at ``key``) naming the runs to do first when a file is missing.
     """
-    paths = [Path(folder) / f"{run_name(t, heldout, screen)}.int8.onnx" for t in teachers]
+    paths = [Path(folder) / f"{run_name(r, heldout, screen)}{suffix}" for r in recipes]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
-        raise ParamsError("recipes.teachers", f"{missing} not in {folder}: run those recipes "
-                                              f"first with --keep-models {folder}")
+        raise ParamsError(key, f"{missing} not in {folder}: run those recipes first with "
+                               f"--keep-models {folder}")
     return [p.resolve() for p in paths]
 
 
-def plan_run(overrides: dict[str, Any], heldout: str | None, unseen: list[dict[str, Any]]
-             ) -> dict[str, Any]:
+def teacher_paths(teachers: tuple[str, ...], heldout: str | None, screen: bool, folder: Path
+                  ) -> list[Path]:
+    """The kept INT8 models of the teacher recipes' runs that left out the same source."""
+    return kept_files(teachers, heldout, screen, folder, KEPT_MODEL, "recipes.teachers")
+
+
+def start_weights(start: str, heldout: str | None, screen: bool, folder: Path) -> Path:
+    """The kept fp16 weights of ``start``'s run that left out the same source: a two-stage
+    recipe's first stage, so neither stage has seen the held-out faces."""
+    return kept_files((start,), heldout, screen, folder, KEPT_WEIGHTS,
+                      "recipes.starts_from")[0]
+
+
+def plan_run(overrides: dict[str, Any], heldout: str | None, unseen: list[dict[str, Any]],
+             first_stage: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The overrides of one protocol run: ``overrides`` (a recipe) with ``heldout`` (a name in
     its ``data.sources``, or None to train on every source) and every ``unseen`` set marked
     ``heldout: true``, and ``evaluate.external`` scoring exactly those sets.
+
+    A second stage (``first_stage``: the source entries its start weights were trained on)
+    may hold out a source only its first stage had: that entry joins the run held out, so it
+    is scored, and its near copies leave this stage's sources too.
 
     Raises :class:`ParamsError` when ``heldout`` is not one of the recipe's sources, or when an
     unseen set's name collides with a training source.
@@ -148,8 +181,12 @@ def plan_run(overrides: dict[str, Any], heldout: str | None, unseen: list[dict[s
     plan = copy.deepcopy(overrides)
     sources = [dict(s) for s in plan.get("data.sources") or []]
     names = [s["name"] for s in sources]
+    earlier = [dict(s) for s in first_stage or [] if s["name"] == heldout]
     if heldout is not None and heldout not in names:
-        raise ParamsError("holdout", f"{heldout!r} is not a source of this recipe ({names})")
+        if not earlier:
+            raise ParamsError("holdout", f"{heldout!r} is not a source of this recipe ({names})")
+        sources += earlier
+        names.append(heldout)
     clash = sorted({u["name"] for u in unseen} & set(names))
     if clash:
         raise ParamsError("unseen", f"{clash} are training sources of this recipe too")
