@@ -14,7 +14,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from emorec.calibration import fit_temperature
 from emorec.cross_corpus import NO_FACE, Predictions, redecide
-from emorec.decision import META_ADJUSTMENT, adjust_onnx, class_prior, logit_offset, recalibrate
+from emorec.decision import (
+    META_ADJUSTMENT,
+    adjust_onnx,
+    class_prior,
+    cross_fit,
+    fit_class_offsets,
+    logit_offset,
+    recalibrate,
+)
 from emorec.inference import META_CLASSES, META_IMAGE, OnnxClassifier, add_metadata
 from emorec.losses import LogitAdjustedLoss, build_loss, weighted_soft_ce
 from emorec.readers import Candidate
@@ -108,3 +116,44 @@ def test_redecide_changes_only_the_service_answers_of_found_faces():
     again = redecide(pred, CLASSES, np.array([0.5, 0.0, -0.5]))
     assert again.service == ["angry", NO_FACE, "neutral"]
     assert again.whole == pred.whole and pred.service[0] == "neutral"
+
+
+def _balanced_accuracy(data: tuple[np.ndarray, np.ndarray], bias: np.ndarray) -> float:
+    logits, labels = data
+    pred = (logits + bias).argmax(axis=1)
+    return float(np.mean([np.mean(pred[labels == c] == c) for c in np.unique(labels)]))
+
+
+def test_class_offsets_climb_to_a_better_decision_and_prefer_small_steps():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 100)
+    logits = rng.normal(size=(300, 3))
+    logits[np.arange(300), labels] += 1.0
+    logits[:, 1] += 2.0  # class 1 swallows the others
+    data = (logits, labels)
+    start = np.zeros(3)
+    fitted = fit_class_offsets(lambda b: _balanced_accuracy(data, b), start,
+                               (-3.0, -2.0, -1.0, 0.0, 1.0))
+    assert _balanced_accuracy(data, fitted) > _balanced_accuracy(data, start) + 0.15
+    assert fitted[1] - max(fitted[0], fitted[2]) < -1.0  # class 1's pull is taken back
+    # nothing to gain: the start stays, though every step scores the same
+    assert np.array_equal(fit_class_offsets(lambda b: 0.5, start, (-1.0, 0.0, 1.0)), start)
+
+
+def test_cross_fit_scores_each_set_with_offsets_fitted_on_the_others_only():
+    rng = np.random.default_rng(1)
+
+    def make(shift: float) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat([0, 1], 50)
+        logits = rng.normal(size=(100, 2))
+        logits[np.arange(100), labels] += 2.0
+        logits[:, 0] += shift
+        return logits, labels
+
+    # a and b share a bias toward class 0 that an offset undoes; c is biased the other way
+    sets = {"a": make(2.5), "b": make(2.5), "c": make(-2.5)}
+    out = cross_fit(sets, _balanced_accuracy, np.zeros(2), (-3.0, -2.0, 0.0, 2.0, 3.0))
+    assert out["a"]["fitted_on"] == ["b", "c"] and set(out) == {"a", "b", "c"}
+    # c's opposite bias: fitted on a and b, the offsets make c worse than no offset at all
+    assert out["c"]["score"] < out["c"]["score_at_start"]
+    assert out["c"]["steps"][0] < out["c"]["steps"][1]
