@@ -374,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_decide.add_argument("--holdout", metavar="SOURCE",
                           help="the model is a protocol run that left SOURCE out: the prior "
                                "leaves it out too, and it is scored with the unseen sets")
-    p_decide.add_argument("--taus", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1.0])
+    p_decide.add_argument("--taus", type=float, nargs="+",
+                          default=[0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
     p_decide.add_argument("--out", type=Path, help="adjusted model (default: in place)")
     p_decide.add_argument("--cross-fit", action="store_true",
                           help="also fit a free offset per class on all sets but one and score "
