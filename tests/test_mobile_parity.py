@@ -241,6 +241,40 @@ def test_app_finds_and_answers_faces_as_the_service_does(parity, browser, servic
         write_report(Path(report), parity, faces, agreement, browser.label)
 
 
+#: the photos the MTCNN path is checked on: one face, two, four of mixed sizes, none
+MTCNN_PHOTOS = ("astronaut", "two_smiles", "four_faces", "blank")
+
+
+def test_app_with_mtcnn_finds_and_answers_faces_as_the_service_does(
+        browser, photos, repo_params_raw, tmp_path):
+    """``faces.detector: mtcnn`` still gives one face path: the app's JavaScript MTCNN and the
+    service's find the same faces and answer them alike (the rest of this file runs YuNet)."""
+    raw = copy.deepcopy(repo_params_raw)
+    raw["faces"].update(detector="mtcnn", score_threshold=None)
+    raw["serve"].update(workers=1)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    run = run_python([str(STAGES / "mobile_assets.py"), "--params", str(params),
+                      "--out", str(tmp_path / "model"), "--report", str(tmp_path / "report.json")],
+                     timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["faces"]["detector"] \
+        == "mtcnn"
+    with serve_app(tmp_path / "model") as url, \
+            BentoServer(log_path=tmp_path / "serve.log",
+                        env={"EMOREC_PARAMS": str(params)}) as service:
+        page = open_app(browser, f"{url}/?model={TEST_MODEL_PREFIX}&sw=0")
+        rows = [compare(name, photos[name], classify_in_app(page, photos[name]),
+                        classify_on_service(service, photos[name])) for name in MTCNN_PHOTOS]
+        assert page.errors == []
+        page.close()
+    for row in rows:
+        assert row["app_faces"] == row["service_faces"] == row["matched"], row
+    faces = sum(r["matched"] for r in rows)
+    assert faces >= 7  # 1 + 2 + 4: the four-face photo's faces are all found
+    assert sum(r["labels_agree"] for r in rows) / faces >= MIN_AGREEMENT, rows
+
+
 def test_astronaut_box_is_the_face(parity, photos, browser, app_url):
     """The crop is the astronaut's face, not the middle of the picture."""
     page = open_app(browser, f"{app_url}/?model={TEST_MODEL_PREFIX}&sw=0")
