@@ -162,6 +162,24 @@ def copy_metadata(source: Path, target: Path, extra: dict[str, str]) -> None:
     onnx.save(proto, str(target))
 
 
+def pre_process(fp32_path: Path, prepped: Path) -> bool:
+    """``quant_pre_process`` into ``prepped``; returns whether symbolic shape inference ran.
+
+    onnxruntime's symbolic shape inference fails on some valid graphs (e.g. opset-18 ``ReduceL2``
+    with its axes as an input, which the cosine head of LDAM runs export to), and its maintainers
+    call it prone to fail and not needed for standard ONNX models (onnxruntime PR #21330). ONNX's
+    own shape inference is enough for a static-shape CNN, so a failure falls back to it.
+    """
+    try:
+        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=False)
+        return True
+    except Exception as err:  # the symbolic pass raises untyped errors (TypeError, KeyError...)
+        log.warning("symbolic shape inference failed on %s (%s: %s); using ONNX shape inference",
+                    fp32_path, type(err).__name__, err)
+        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
+        return False
+
+
 def quantize_model(fp32_path: Path, int8_path: Path, calib: np.ndarray,
                    settings: QuantizeSettings) -> None:
     """Pre-process, calibrate and quantize ``fp32_path`` into ``int8_path`` (metadata kept)."""
@@ -169,7 +187,7 @@ def quantize_model(fp32_path: Path, int8_path: Path, calib: np.ndarray,
     with tempfile.TemporaryDirectory() as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         try:
-            quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=False)
+            symbolic = pre_process(fp32_path, prepped)
             quantize_static(
                 str(prepped), str(int8_path),
                 calibration_data_reader=ImageCalibrationReader(calib, settings.calibration_batch),
@@ -189,7 +207,8 @@ def quantize_model(fp32_path: Path, int8_path: Path, calib: np.ndarray,
             "format": settings.quant_format, "per_channel": settings.per_channel,
             "reduce_range": settings.reduce_range, "activation_type": settings.activation_type,
             "weight_type": settings.weight_type,
-            "calibrate_method": settings.calibrate_method, "calibration_images": len(calib)}),
+            "calibrate_method": settings.calibrate_method, "calibration_images": len(calib),
+            "symbolic_shape_inference": symbolic}),
     })
 
 
