@@ -141,3 +141,29 @@ def test_bad_ratios_name_the_key(params_raw, ratios):
     params_raw["split"]["ratios"] = ratios
     with pytest.raises(ParamsError, match="'split.ratios'"):
         split_ratios(Params(params_raw))
+
+
+def test_source_repeat_lists_a_sources_train_images_k_times(params_raw, interim, tmp_path,
+                                                            monkeypatch):
+    """Only train grows, by exact repeats of that source's rows; val and test are untouched."""
+    plain = split(params_raw, interim, tmp_path / "plain", monkeypatch, strategy="none")
+    source = pd.read_csv(tmp_path / "plain" / "train.csv")["source"].iloc[0]
+    report = split(params_raw, interim, tmp_path / "rep", monkeypatch, strategy="none",
+                   source_repeat={source: 3})
+    before, after = read(tmp_path / "plain"), read(tmp_path / "rep")
+    assert report["sizes"]["train"] == 3 * plain["sizes"]["train"]
+    assert report["source_repeat"][source] == {"factor": 3, "train_images": len(before["train"]),
+                                               "added": 2 * len(before["train"])}
+    assert (after["train"]["path"].value_counts() == 3).all()
+    for name in ("val", "test"):
+        pd.testing.assert_frame_equal(before[name], after[name])
+
+
+@pytest.mark.parametrize("repeat, message", [({"nowhere": 2}, "no manifest row comes from"),
+                                             ({"demo": 0}, "integers >= 1"),
+                                             ([2], "mapping")])
+def test_bad_source_repeat_names_the_key(params_raw, interim, tmp_path, monkeypatch, repeat,
+                                         message):
+    with pytest.raises(ParamsError, match=f"balance.source_repeat.*{message}"):
+        split(params_raw, interim, tmp_path / "bad", monkeypatch, source_repeat=repeat)
+    assert not (tmp_path / "bad").exists()

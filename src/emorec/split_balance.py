@@ -29,6 +29,12 @@ original image), so "no augmented copy crosses splits" is a checkable property
   reached the target, above 1 where the per-image limit stopped it short.
 * ``class_weights`` - train as split; ``class_weights.json`` holds the balanced inverse-frequency
   weights ``n / (k * n_class)`` for a weighted loss (``train.use_class_weights``).
+
+``balance.source_repeat`` (``{source: k}``, applied before the class strategy) lists each train
+image of a source ``k`` times: a small source of faces unlike the large one (a few hundred posed
+studio portraits beside tens of thousands of web crops) then weighs ``k`` times as much in every
+epoch. The repeats are the same file; the trainer's per-image augmentation makes each view differ.
+A source with no train images (held out) repeats nothing; a name no manifest row has is an error.
 """
 
 from __future__ import annotations
@@ -287,6 +293,35 @@ def _distinct_copy(pipeline: Any, gray: np.ndarray, parent_sha: str) -> tuple[by
     return data, digest
 
 
+def source_repeats(params: Params, sources: set[str]) -> dict[str, int]:
+    """``balance.source_repeat``, validated against the manifest's ``sources``."""
+    raw = params.get("balance.source_repeat", None) or {}
+    if not isinstance(raw, dict):
+        raise ParamsError("balance.source_repeat", f"must be a mapping source -> k, got {raw!r}")
+    unknown = sorted(set(raw) - sources)
+    if unknown:
+        raise ParamsError("balance.source_repeat",
+                          f"no manifest row comes from {unknown}; sources are {sorted(sources)}")
+    bad = {k: v for k, v in raw.items()
+           if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+    if bad:
+        raise ParamsError("balance.source_repeat", f"factors must be integers >= 1, got {bad}")
+    return {str(k): int(v) for k, v in raw.items()}
+
+
+def repeat_sources(train: pd.DataFrame, repeats: dict[str, int]) -> tuple[pd.DataFrame,
+                                                                           dict[str, Any]]:
+    """``train`` with each row of a source in ``repeats`` listed ``k`` times, and a report."""
+    extra, report = [], {}
+    for name, k in repeats.items():
+        mine = train[train["source"] == name]
+        extra += [mine] * (k - 1)
+        report[name] = {"factor": k, "train_images": len(mine), "added": len(mine) * (k - 1)}
+    if not any(len(e) for e in extra):
+        return train, report
+    return pd.concat([train, *extra], ignore_index=True), report
+
+
 def class_weights(train: pd.DataFrame, classes: list[str], strategy: str) -> dict[str, float]:
     """Loss weights per class (see the module docstring for what each strategy writes)."""
     if strategy == "none":
@@ -360,7 +395,10 @@ def run_split(params: Params, manifest: Path, out_dir: Path, report_path: Path) 
     if strategy == "oversample_augment":  # validated before any file is read or written
         limit = params.integer("balance.aug_per_image_limit", low=0)
         pipeline = build_pipeline(params.sequence("balance.augment"), seed=seed)
-    splits, split_info = make_splits(params, read_manifest(manifest, classes))
+    rows = read_manifest(manifest, classes)
+    repeats = source_repeats(params, set(rows["source"]))
+    splits, split_info = make_splits(params, rows)
+    splits["train"], repeated = repeat_sources(splits["train"], repeats)
     before = Counter(splits["train"]["label"])
 
     aug_dir = out_dir / "augmented"
@@ -392,6 +430,7 @@ def run_split(params: Params, manifest: Path, out_dir: Path, report_path: Path) 
         "augmented": {"total": len(augmented),
                       "per_class": {c: int(aug_counts.get(c, 0)) for c in classes}},
         "class_weights": weights,
+        "source_repeat": repeated,
         "leakage": leakage,
     }
     report_path.parent.mkdir(parents=True, exist_ok=True)
