@@ -28,6 +28,9 @@ def test_metrics_count_missing_faces_as_wrong_and_fold_classes():
     assert entry["whole"]["accuracy"] == 0.5
     folded = entry["folded"]["service"]  # disgust -> angry makes the third answer right
     assert folded["accuracy"] == 0.75 and set(folded["recall"]) == {"angry", "happy", "sad"}
+    assert entry["service"]["confusion"] == {"disgust": {"angry": 1}, "sad": {"sad": 1},
+                                             "happy": {"happy": 1, NO_FACE: 1}}
+    assert folded["confusion"]["angry"] == {"angry": 1}
 
 
 def test_macro_scores_use_only_the_classes_a_set_has():

@@ -119,10 +119,21 @@ def redecide(pred: Predictions, classes: Sequence[str], bias: np.ndarray) -> Pre
     return replace(pred, service=service)
 
 
+def confusion(labels: Sequence[str], predicted: Sequence[str]) -> dict[str, dict[str, int]]:
+    """``{true class: {answer: count}}``: where a class's misses go (fearful faces read as
+    surprised, or as no face at all), which a recall alone does not say."""
+    table: dict[str, Counter[str]] = {}
+    for truth, answer in zip(labels, predicted, strict=True):
+        table.setdefault(truth, Counter())[answer] += 1
+    return {t: dict(sorted(table[t].items())) for t in sorted(table)}
+
+
 def metrics(labels: Sequence[str], predicted: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, balanced accuracy and macro-F1 over the classes the labels contain."""
+    """Accuracy, balanced accuracy, macro-F1 and the confusion over the classes the labels
+    contain."""
     present = sorted(set(labels))
     return {
+        "confusion": confusion(labels, predicted),
         "accuracy": float(accuracy_score(labels, predicted)),
         "balanced_accuracy": float(np.mean(recall_score(labels, predicted, labels=present,
                                                         average=None, zero_division=0))),

@@ -31,7 +31,7 @@ import yaml
 from emorec.errors import ParamsError
 
 #: Figures kept per set from the cross_corpus report: service path, whole image, folded.
-_KEPT = ("accuracy", "balanced_accuracy", "macro_f1", "recall")
+_KEPT = ("accuracy", "balanced_accuracy", "macro_f1", "recall", "confusion")
 
 
 @dataclass(frozen=True)
