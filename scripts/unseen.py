@@ -323,10 +323,7 @@ def report(protocol: Protocol, args: argparse.Namespace) -> int:
            "table": table, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
-    # a recipe with a decided row is headlined by it alone: the metrics file stays small
-    headline = unseen_headline(out)
-    write_headline(args.headline, {name: value for name, value in headline.items()
-                                   if f"{name} + decision" not in headline})
+    write_headline(args.headline, unseen_headline(out))
     card = args.card or Path(str(load_params(args.params).get("serve.shipped_model"))) / "README.md"
     if card.is_file():
         served = OnnxClassifier(card.parent / "model.int8.onnx")

@@ -12,6 +12,8 @@ import subprocess
 import yaml
 from stagerun import REPO
 
+from emorec.headline import MAX_HEADLINE_NUMBERS, unseen_headline
+
 MAX_NUMBERS = 40
 
 
@@ -36,7 +38,8 @@ def test_every_metrics_file_is_a_small_headline_file_under_reports_metrics():
     for name in files:
         path = REPO / name
         assert path.is_file(), f"{name} is declared as metrics but missing: run `dvc repro`"
-        assert _numbers(json.loads(path.read_text())) <= 10, f"{name} holds more than headlines"
+        assert _numbers(json.loads(path.read_text())) <= MAX_HEADLINE_NUMBERS, \
+            f"{name} holds more than headlines"
 
 
 def test_dvc_metrics_show_has_at_most_40_numbers():
@@ -44,3 +47,17 @@ def test_dvc_metrics_show_has_at_most_40_numbers():
                            text=True, check=True)
     total = _numbers(json.loads(shown.stdout))
     assert 0 < total <= MAX_NUMBERS, f"dvc metrics show has {total} numbers"
+
+
+def test_unseen_headline_keeps_every_shipped_file_and_the_best_recipes():
+    """However many recipes the protocol grows, the headline stays a headline."""
+    table = {f"shipped:file{k}": {"mean_balanced_accuracy": 0.5 + k / 100} for k in range(3)}
+    table |= {f"recipe{k}": {"mean_balanced_accuracy": k / 100} for k in range(20)}
+    table |= {"recipe19 + decision": {"mean_balanced_accuracy": 0.001},
+              "unscored": {"mean_balanced_accuracy": None}}
+    got = unseen_headline({"table": table})
+    assert len(got) == MAX_HEADLINE_NUMBERS
+    assert {f"shipped:file{k}" for k in range(3)} <= set(got)
+    assert "recipe19" not in got  # a decided row stands for its recipe
+    assert set(got) - {f"shipped:file{k}" for k in range(3)} == {f"recipe{k}"
+                                                                 for k in range(12, 19)}
