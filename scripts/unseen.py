@@ -21,6 +21,7 @@ every file). It takes about a minute per model. `report` needs no data.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import shutil
@@ -49,6 +50,7 @@ from emorec.decision import (
 from emorec.errors import EmorecError, ParamsError
 from emorec.faces import DETECTORS, FaceSettings
 from emorec.hardware import cpu_info, describe
+from emorec.head_to_head import head_to_head
 from emorec.headline import unseen_headline, write_headline
 from emorec.inference import META_MIN_CONFIDENCE, META_TEMPERATURE, OnnxClassifier
 from emorec.provenance import git_commit
@@ -311,7 +313,10 @@ def report(protocol: Protocol, args: argparse.Namespace) -> int:
         print(f"error: no runs in {RUNS}: `run` or `score` first", file=sys.stderr)
         return 2
     unseen = [u["name"] for u in protocol.unseen]
-    table = protocol_table(runs, unseen)
+    params = load_params(args.params)
+    labelled = sorted({c for r in runs.values() for e in r["sets"].values()
+                       for c in e.get("per_class", {})})
+    table = protocol_table(runs, unseen, fold_map(params, labelled))
     for name, row in table.items():  # recipe rows say what the recipe is
         row["about"] = row["about"] or getattr(protocol.recipes.get(name), "about", "")
     out = {"protocol": str(args.spec.relative_to(ROOT)) if args.spec.is_absolute() else
@@ -320,11 +325,13 @@ def report(protocol: Protocol, args: argparse.Namespace) -> int:
                        "unseen sets a recipe was scored on, through the service path",
            "hardware": sorted({r.get("hardware", "") for r in runs.values()} - {""}),
            "recipes": {name: {"about": r.about} for name, r in protocol.recipes.items()},
-           "table": table, "runs": runs}
+           "table": table,
+           "head_to_head_settings": dataclasses.asdict(protocol.compare),
+           "head_to_head": head_to_head(table, protocol.compare), "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     write_headline(args.headline, unseen_headline(out))
-    card = args.card or Path(str(load_params(args.params).get("serve.shipped_model"))) / "README.md"
+    card = args.card or Path(str(params.get("serve.shipped_model"))) / "README.md"
     if card.is_file():
         served = OnnxClassifier(card.parent / "model.int8.onnx")
         decision = json.loads(served.metadata.get(META_ADJUSTMENT, "null"))

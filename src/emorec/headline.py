@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from emorec.unseen import final_rows
+
 
 def _round(value: Any) -> float | int | None:
     """4 significant decimals: the diff shows changes, not float noise."""
@@ -77,7 +79,7 @@ def unseen_headline(report: dict[str, Any]) -> dict[str, Any]:
     """
     means = {name: _round(row["mean_balanced_accuracy"])
              for name, row in report.get("table", {}).items()}
-    means = {name: value for name, value in means.items() if f"{name} + decision" not in means}
+    means = {name: means[name] for name in final_rows(list(means))}
     shipped = {name: v for name, v in means.items() if name.startswith("shipped:")}
     recipes = sorted((item for item in means.items() if item[0] not in shipped),
                      key=lambda item: -(item[1] if item[1] is not None else -1.0))

@@ -29,6 +29,8 @@ import numpy as np
 import yaml
 
 from emorec.errors import ParamsError
+from emorec.head_to_head import HeadToHead, folded_counts
+from emorec.head_to_head import markdown as head_to_head_markdown
 
 #: Figures kept per set from the cross_corpus report: service path, whole image, folded.
 _KEPT = ("accuracy", "balanced_accuracy", "macro_f1", "recall", "confusion")
@@ -59,6 +61,7 @@ class Protocol:
     holdout: list[str]
     screen: dict[str, Any]
     recipes: dict[str, Recipe]
+    compare: HeadToHead = field(default_factory=HeadToHead)
 
     @classmethod
     def load(cls, path: Path) -> Protocol:
@@ -98,7 +101,8 @@ class Protocol:
                                   f"{start!r} must be another one-stage recipe of this file")
         return cls(unseen=[dict(e) for e in unseen], holdout=[str(h) for h in
                                                               raw.get("holdout") or []],
-                   screen=dict(raw.get("screen") or {}), recipes=recipes)
+                   screen=dict(raw.get("screen") or {}), recipes=recipes,
+                   compare=HeadToHead.from_spec(raw.get("compare"), f"{where}: compare"))
 
 
 def run_name(recipe: str, heldout: str | None, screen: bool) -> str:
@@ -259,9 +263,11 @@ def card_with_table(card: str, report: dict[str, Any], decision: dict[str, Any] 
     return f"{card.rstrip()}\n\n{CARD_HEADING}\n\n{section}\n"
 
 
-def protocol_table(runs: dict[str, dict[str, Any]], unseen: list[str]) -> dict[str, Any]:
+def protocol_table(runs: dict[str, dict[str, Any]], unseen: list[str],
+                   fold: dict[str, str] | None = None) -> dict[str, Any]:
     """Per recipe (or shipped model): each unseen set's headline figure, recall per class, the
-    face-found rate, and the mean over sets.
+    face-found rate, the faces per class (folded by ``fold``, ``evaluate.fold``), and the mean
+    over sets.
 
     A held-out source comes from the run that left it out. An always-unseen set is scored in
     every run; its figure is the mean over the recipe's runs, so a recipe is judged on the same
@@ -275,11 +281,11 @@ def protocol_table(runs: dict[str, dict[str, Any]], unseen: list[str]) -> dict[s
         sets: dict[str, Any] = {}
         for run in recipe_runs:
             if run["heldout"] and run["sets"].get(run["heldout"], {}).get("n"):
-                sets[run["heldout"]] = _cell([run["sets"][run["heldout"]]])
+                sets[run["heldout"]] = _cell([run["sets"][run["heldout"]]], fold or {})
         for name in unseen:
             entries = [r["sets"][name] for r in recipe_runs if r["sets"].get(name, {}).get("n")]
             if entries:
-                sets[name] = _cell(entries)
+                sets[name] = _cell(entries, fold or {})
         table[recipe] = {"sets": sets, "runs": sorted(r.get("name", "") for r in recipe_runs),
                          "about": next((r["about"] for r in recipe_runs if r.get("about")), ""),
                          "mean_balanced_accuracy": (float(np.mean([c["balanced_accuracy"]
@@ -289,12 +295,14 @@ def protocol_table(runs: dict[str, dict[str, Any]], unseen: list[str]) -> dict[s
     return table
 
 
-def _cell(entries: list[dict[str, Any]]) -> dict[str, Any]:
+def _cell(entries: list[dict[str, Any]], fold: dict[str, str]) -> dict[str, Any]:
     recall: dict[str, list[float]] = {}
     for e in entries:
         for cls, value in (e.get("folded") or e["service"])["recall"].items():
             recall.setdefault(cls, []).append(value)
+    folded = bool(entries[0].get("folded"))
     return {"n": entries[0]["n"], "runs": len(entries),
+            "counts": folded_counts(entries[0].get("per_class", {}), fold if folded else {}),
             "balanced_accuracy": float(np.mean([headline(e) for e in entries])),
             "balanced_accuracy_7": float(np.mean([e["service"]["balanced_accuracy"]
                                                   for e in entries])),
@@ -316,6 +324,12 @@ def _mean_recall(sets: dict[str, Any]) -> dict[str, float]:
 # -- rendering -------------------------------------------------------------------------------------
 #: Display order of classes in the recall table (6-class fold).
 TABLE_CLASSES = ("angry", "fearful", "happy", "neutral", "sad", "surprised")
+
+
+def final_rows(names: list[str]) -> list[str]:
+    """The rows that stand for what would ship: a recipe with a decided row (``<recipe> +
+    decision``) is represented by that row alone, its plain-argmax row dropped."""
+    return [n for n in names if f"{n} + decision" not in names]
 
 
 def _pct(value: float | None) -> str:
@@ -351,6 +365,10 @@ def markdown_table(report: dict[str, Any]) -> str:
         recall = table[name]["mean_recall"]
         lines.append(f"| {_label(name, table[name])} | "
                      + " | ".join(_pct(recall.get(c)) for c in TABLE_CLASSES) + " |")
+    versus = head_to_head_markdown(report, final_rows(order), lambda n: _label(n, table[n]))
+    if versus:
+        lines += ["", "<details><summary>Head to head: is a lead more than the luck of the faces "
+                  "drawn?</summary>", "", versus, "", "</details>"]
     hardware = "; ".join(report.get("hardware", [])) or "hardware not recorded"
     lines += ["", "Balanced accuracy with disgust folded into angry, through the service's own "
               "path (face found, eyes levelled, cropped; no face found counts as wrong); a "
