@@ -50,7 +50,7 @@ from emorec.decision import (
 from emorec.errors import EmorecError, ParamsError
 from emorec.faces import DETECTORS, FaceSettings
 from emorec.hardware import cpu_info, describe
-from emorec.head_to_head import head_to_head
+from emorec.head_to_head import goals, head_to_head
 from emorec.headline import unseen_headline, write_headline
 from emorec.inference import META_MIN_CONFIDENCE, META_TEMPERATURE, OnnxClassifier
 from emorec.provenance import git_commit
@@ -327,7 +327,8 @@ def report(protocol: Protocol, args: argparse.Namespace) -> int:
            "recipes": {name: {"about": r.about} for name, r in protocol.recipes.items()},
            "table": table,
            "head_to_head_settings": dataclasses.asdict(protocol.compare),
-           "head_to_head": head_to_head(table, protocol.compare), "runs": runs}
+           "head_to_head": head_to_head(table, protocol.compare),
+           "goals": goals(table, protocol.compare), "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     write_headline(args.headline, unseen_headline(out))

@@ -11,6 +11,8 @@ from emorec.head_to_head import (
     balanced_accuracy_draws,
     compare,
     folded_counts,
+    goals,
+    goals_markdown,
     head_to_head,
     markdown,
 )
@@ -103,7 +105,44 @@ def test_the_markdown_bolds_only_intervals_above_zero():
     assert "**" not in lose and lose.startswith("| lose | -20.0") and lose.endswith("| no |")
 
 
+def scored(recall: dict[str, float], n: int, **sets: str) -> dict:
+    one = cell(recall, n)
+    return {"sets": {name: one for name in sets}, "mean_recall": recall}
+
+
+BAR = HeadToHead(draws=2000, shipped="ship", must_beat=("old", "other"), min_recall=0.3)
+
+
+def test_the_bar_is_met_only_ahead_on_every_shared_set_with_every_class_read():
+    table = {"ship": scored({"angry": 0.6, "fearful": 0.35}, 200, a="", b=""),
+             "old": scored({"angry": 0.5, "fearful": 0.3}, 200, a="", b=""),
+             "other": scored({"angry": 0.4, "fearful": 0.3}, 200, b="")}
+    status = goals(table, BAR)
+    assert status["met"] is True and status["classes_below"] == {}
+    assert status["beats"]["old"]["better_on_every_set"] is True
+
+    table["ship"]["sets"]["b"] = cell({"angry": 0.3, "fearful": 0.1}, 200)
+    table["ship"]["mean_recall"] = {"angry": 0.45, "fearful": 0.2}
+    status = goals(table, BAR)
+    assert status["met"] is False
+    assert status["beats"]["old"]["behind_on"] == ["b"]
+    assert status["beats"]["other"]["shown_worse_on"] == ["b"]
+    assert status["classes_below"] == {"fearful": 0.2}
+    text = goals_markdown(status, lambda n: f"`{n}`")
+    assert "(not met)" in text and "behind on b (beyond chance on b)" in text
+    assert "fearful 20 %" in text
+
+
+def test_no_bar_without_the_shipped_row():
+    assert goals({"old": scored({"angry": 0.5}, 10, a="")}, BAR) is None
+    assert goals_markdown(None, str) == ""
+
+
 @pytest.mark.parametrize("spec, key", [
+    ({"goals": {"shipped": 3}}, "goals.shipped"),
+    ({"goals": {"must_beat": "fer2013"}}, "goals.must_beat"),
+    ({"goals": {"min_recall": 30}}, "goals.min_recall"),
+    ({"goals": {"minimum": 0.3}}, "goals"),
     ("yunet", "compare"),
     ({"against": "yunet"}, "against"),
     ({"against": ["yunet"], "draws": 10}, "draws"),

@@ -32,6 +32,10 @@ class HeadToHead:
     draws: int = 10000
     level: float = 0.95
     seed: int = 0
+    #: the bar the shipped recipe is held to (:func:`goals`)
+    shipped: str | None = None
+    must_beat: tuple[str, ...] = ()
+    min_recall: float | None = None
 
     @classmethod
     def from_spec(cls, raw: Any, where: str) -> HeadToHead:
@@ -39,13 +43,10 @@ class HeadToHead:
             return cls()
         if not isinstance(raw, dict):
             raise ParamsError(where, "must be a mapping: {against, draws, level, seed}")
-        unknown = sorted(set(raw) - {"against", "draws", "level", "seed"})
+        unknown = sorted(set(raw) - {"against", "draws", "level", "seed", "goals"})
         if unknown:
             raise ParamsError(where, f"unknown keys {unknown}")
-        against = raw.get("against") or []
-        if not isinstance(against, list) or not all(isinstance(a, str) for a in against):
-            raise ParamsError(f"{where}.against", "must be a list of table rows (recipe names, "
-                                                  "'<recipe> + decision' or 'shipped:<file>')")
+        against = _rows(raw.get("against") or [], f"{where}.against")
         draws, level, seed = raw.get("draws", cls.draws), raw.get("level", cls.level), raw.get(
             "seed", cls.seed)
         if not isinstance(draws, int) or draws < 100:
@@ -54,7 +55,27 @@ class HeadToHead:
             raise ParamsError(f"{where}.level", f"must be a number in [0.5, 1), not {level!r}")
         if not isinstance(seed, int):
             raise ParamsError(f"{where}.seed", f"must be an integer, got {seed!r}")
-        return cls(tuple(against), draws, level, seed)
+        goals = raw.get("goals") or {}
+        if not isinstance(goals, dict) or set(goals) - {"shipped", "must_beat", "min_recall"}:
+            raise ParamsError(f"{where}.goals", "must be a mapping: {shipped, must_beat, "
+                                                "min_recall}")
+        shipped = goals.get("shipped")
+        if shipped is not None and not isinstance(shipped, str):
+            raise ParamsError(f"{where}.goals.shipped", f"must be a table row, not {shipped!r}")
+        min_recall = goals.get("min_recall")
+        if min_recall is not None and not (isinstance(min_recall, float) and 0 < min_recall < 1):
+            raise ParamsError(f"{where}.goals.min_recall",
+                              f"must be a number in (0, 1), not {min_recall!r}")
+        return cls(tuple(against), draws, level, seed, shipped,
+                   tuple(_rows(goals.get("must_beat") or [], f"{where}.goals.must_beat")),
+                   min_recall)
+
+
+def _rows(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise ParamsError(where, "must be a list of table rows (recipe names, "
+                                 "'<recipe> + decision' or 'shipped:<file>')")
+    return value
 
 
 def folded_counts(per_class: dict[str, int], fold: dict[str, str]) -> dict[str, int]:
@@ -123,6 +144,55 @@ def head_to_head(table: dict[str, dict[str, Any]], settings: HeadToHead) -> dict
                 pairs[name] = result
         out[ref] = pairs
     return out
+
+
+def goals(table: dict[str, dict[str, Any]], settings: HeadToHead) -> dict[str, Any] | None:
+    """Where the shipped recipe stands against its bar: ahead of each ``must_beat`` row on
+    every set they share, and every class's recall (mean over the sets that have it) at least
+    ``min_recall``. ``None`` when no bar is set or the table has no such row yet."""
+    row = table.get(settings.shipped or "")
+    if row is None:
+        return None
+    beats = {}
+    for ref in settings.must_beat:
+        if ref in table:
+            rng = np.random.default_rng([settings.seed, zlib.crc32(f"{settings.shipped}|{ref}"
+                                                                   .encode())])
+            pair = compare(row, table[ref], settings, rng)
+            beats[ref] = None if pair is None else {
+                "better_on_every_set": pair["better_on_every_set"],
+                "behind_on": [s for s, v in pair["sets"].items() if v["difference"] <= 0],
+                "shown_worse_on": pair["shown_worse_on"]}
+    low = ({c: v for c, v in row["mean_recall"].items() if v < settings.min_recall}
+           if settings.min_recall is not None else {})
+    met = all(b and b["better_on_every_set"] for b in beats.values()) and not low
+    return {"shipped": settings.shipped, "met": met, "beats": beats,
+            "min_recall": settings.min_recall, "classes_below": low}
+
+
+def goals_markdown(status: dict[str, Any] | None, label: Callable[[str], str]) -> str:
+    """The bar in a few lines: met, or what is missing."""
+    if not status:
+        return ""
+    lines = [f"Where {label(status['shipped'])} stands against its bar "
+             f"({'met' if status['met'] else 'not met'}):", ""]
+    for ref, pair in status["beats"].items():
+        if pair is None:
+            lines.append(f"- ahead of {label(ref)} on every set: no set in common")
+        elif pair["better_on_every_set"]:
+            lines.append(f"- ahead of {label(ref)} on every set: yes")
+        else:
+            shown = pair["shown_worse_on"]
+            lines.append(f"- ahead of {label(ref)} on every set: no, behind on "
+                         f"{', '.join(pair['behind_on'])} ("
+                         + (f"beyond chance on {', '.join(shown)}" if shown else
+                            "none beyond chance") + ")")
+    if status["min_recall"] is not None:
+        below = status["classes_below"]
+        lines.append(f"- every class read at {100 * status['min_recall']:g} % or more: "
+                     + ("yes" if not below else "no, " + ", ".join(
+                         f"{c} {100 * v:.0f} %" for c, v in below.items())))
+    return "\n".join(lines)
 
 
 def markdown(report: dict[str, Any], rows: list[str], label: Callable[[str], str]) -> str:

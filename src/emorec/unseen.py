@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from emorec.errors import ParamsError
-from emorec.head_to_head import HeadToHead, folded_counts
+from emorec.head_to_head import HeadToHead, folded_counts, goals_markdown
 from emorec.head_to_head import markdown as head_to_head_markdown
 
 #: Figures kept per set from the cross_corpus report: service path, whole image, folded.
@@ -365,6 +365,9 @@ def markdown_table(report: dict[str, Any]) -> str:
         recall = table[name]["mean_recall"]
         lines.append(f"| {_label(name, table[name])} | "
                      + " | ".join(_pct(recall.get(c)) for c in TABLE_CLASSES) + " |")
+    bar = goals_markdown(report.get("goals"), lambda n: f"`{n.removeprefix('shipped:')}`")
+    if bar:
+        lines += ["", bar]
     versus = head_to_head_markdown(report, final_rows(order), lambda n: _label(n, table[n]))
     if versus:
         lines += ["", "<details><summary>Head to head: is a lead more than the luck of the faces "
