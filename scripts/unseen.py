@@ -61,6 +61,7 @@ from emorec.unseen import (
     Protocol,
     brief,
     card_with_table,
+    decided_run,
     headline,
     patch_sources,
     plan_run,
@@ -296,12 +297,9 @@ def decide(protocol: Protocol, args: argparse.Namespace) -> int:
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(json.dumps(decision, indent=2) + "\n")
     if args.holdout:  # the recipe with this decision, as a protocol run of its own
-        name = f"unseen-{args.recipe}-decided-lo-{args.holdout}"
-        run_record = {"name": name, "recipe": f"{args.recipe} + decision", "heldout": args.holdout,
-                      "about": f"logit-adjusted at tau {best:g}", "model": str(out),
-                      "sets": trials[f"{best:g}"]["sets"], "commit": git_commit(Path(".")),
-                      "hardware": describe(cpu_info())}
-        (RUNS / f"{name}.json").write_text(json.dumps(run_record, indent=2) + "\n")
+        run_record = decided_run(decision, args.holdout) | {"commit": git_commit(Path(".")),
+                                                            "hardware": describe(cpu_info())}
+        (RUNS / f"{run_record['name']}.json").write_text(json.dumps(run_record, indent=2) + "\n")
     print(f"tau {best:g} -> {out} (T {fitted['temperature']:.2f}, min_confidence "
           f"{fitted['min_confidence']:.2f}); {args.report}")
     return 0

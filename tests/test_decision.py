@@ -22,6 +22,7 @@ from emorec.decision import (
     fit_class_offsets,
     logit_offset,
     recalibrate,
+    tau_left_out,
 )
 from emorec.inference import META_CLASSES, META_IMAGE, OnnxClassifier, add_metadata
 from emorec.losses import LogitAdjustedLoss, build_loss, weighted_soft_ce
@@ -157,3 +158,15 @@ def test_cross_fit_scores_each_set_with_offsets_fitted_on_the_others_only():
     # c's opposite bias: fitted on a and b, the offsets make c worse than no offset at all
     assert out["c"]["score"] < out["c"]["score_at_start"]
     assert out["c"]["steps"][0] < out["c"]["steps"][1]
+
+
+def test_each_set_gets_the_tau_its_neighbours_would_pick():
+    # "big" likes tau 1, "small" alone likes tau 0; chosen on all sets, small would be flattered
+    scores = {"0": {"big": 0.50, "other": 0.50, "small": 0.90},
+              "1": {"big": 0.60, "other": 0.58, "small": 0.40},
+              "0.5": {"big": 0.60, "other": 0.58, "small": 0.50}}
+    chosen = tau_left_out(scores)
+    assert chosen["small"] == "0.5"  # 0.5 and 1 tie on big and other: the smaller tau
+    assert chosen["big"] == "0"  # other 0.50 + small 0.90 beat 0.58 + 0.40 and 0.58 + 0.50
+    with pytest.raises(ValueError, match="two sets"):
+        tau_left_out({"0": {"only": 0.5}})

@@ -15,6 +15,7 @@ from emorec.ingest import run_ingest
 from emorec.split_balance import run_split
 from emorec.unseen import (
     Protocol,
+    decided_run,
     patch_sources,
     plan_run,
     protocol_table,
@@ -246,3 +247,21 @@ def test_the_card_gets_the_table_once_and_keeps_the_rest():
     noted = card_with_table(card, report, {"tau": 0.75, "chosen_on": ["nimstim"]})
     assert "logit-adjusted (tau 0.75, chosen on nimstim" in noted
     assert noted.count(CARD_START) == 1
+
+
+def test_a_decided_run_scores_each_set_at_the_tau_chosen_without_it():
+    def entry(value: float, n: int = 10) -> dict:
+        figures = {"balanced_accuracy": value, "recall": {"angry": value}}
+        return {"n": n, "service": figures, "folded": figures}
+
+    trials = {"0": {"sets": {"a": entry(0.5), "b": entry(0.5), "c": entry(0.9), "e": entry(0, 0)}},
+              "1": {"sets": {"a": entry(0.6), "b": entry(0.6), "c": entry(0.4), "e": entry(0, 0)}}}
+    decision = {"recipe": "r", "model": "m.onnx", "chosen_tau": 0.0, "trials": trials}
+    run = decided_run(decision, "a")
+    assert run["name"] == "unseen-r-decided-lo-a"
+    assert run["recipe"] == "r + decision" and run["heldout"] == "a"
+    assert run["tau_by_set"] == {"a": 0.0, "b": 0.0, "c": 1.0}
+    # c alone wants tau 0 (0.9); chosen on a and b it gets tau 1 and reads 0.4
+    assert run["sets"]["c"]["folded"]["balanced_accuracy"] == pytest.approx(0.4)
+    assert run["sets"]["e"]["n"] == 0  # an empty set is kept, at the file's tau
+    assert "tau 0" in run["about"]

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from emorec.decision import tau_left_out
 from emorec.errors import ParamsError
 from emorec.head_to_head import HeadToHead, folded_counts, goals_markdown
 from emorec.head_to_head import markdown as head_to_head_markdown
@@ -240,6 +241,22 @@ def run_summary(cross_corpus: dict[str, Any], recipe: str, heldout: str | None,
 def headline(entry: dict[str, Any]) -> float:
     """The figure a set is compared by: balanced accuracy after folding (else 7-class)."""
     return float((entry.get("folded") or entry["service"])["balanced_accuracy"])
+
+
+def decided_run(decision: dict[str, Any], heldout: str) -> dict[str, Any]:
+    """A leave-one-out decision as a protocol run of its own: each set scored at the tau chosen
+    on the other sets (:func:`emorec.decision.tau_left_out`), never at one chosen on itself.
+    The file keeps the tau chosen on all of them: that is what would ship."""
+    trials, chosen = decision["trials"], f"{decision['chosen_tau']:g}"
+    by_set = tau_left_out({t: {s: headline(v) for s, v in trial["sets"].items() if v["n"]}
+                           for t, trial in trials.items()})
+    return {"name": f"unseen-{decision['recipe']}-decided-lo-{heldout}",
+            "recipe": f"{decision['recipe']} + decision", "heldout": heldout,
+            "about": f"logit-adjusted, each set at the tau chosen on the others (file: tau "
+                     f"{decision['chosen_tau']:g})",
+            "model": decision["model"], "tau_by_set": {s: float(t) for s, t in by_set.items()},
+            "sets": {s: trials[by_set.get(s, chosen)]["sets"][s]  # an empty set has no tau
+                     for s in trials[chosen]["sets"]}}
 
 
 CARD_START, CARD_END = "<!-- unseen:start -->", "<!-- unseen:end -->"
