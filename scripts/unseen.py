@@ -47,6 +47,7 @@ from emorec.decision import (
     logit_offset,
     recalibrate,
 )
+from emorec.ensemble import Ensemble
 from emorec.errors import EmorecError, ParamsError
 from emorec.faces import DETECTORS, FaceSettings
 from emorec.hardware import cpu_info, describe
@@ -155,17 +156,41 @@ def _test_figures(path: Path) -> dict[str, Any] | None:
 
 
 def score(protocol: Protocol, args: argparse.Namespace) -> int:
-    """Shipped model folders (or .onnx files) on the always-unseen sets."""
+    """Shipped model folders (or .onnx files) on the always-unseen sets; with ``--ensemble``,
+    the models as one ensemble, and with ``--holdout`` its members' left-out source too."""
     base = load_params(args.params).to_dict()
-    base.setdefault("evaluate", {})["external"] = [scoring_entry(u) for u in protocol.unseen]
+    held = []
+    if args.holdout:
+        if not args.ensemble:
+            print("error: --holdout scores an ensemble of runs that left that source out; "
+                  "a single run's model is scored by `run` (or `score --into RUN`)",
+                  file=sys.stderr)
+            return 2
+        if args.recipe not in protocol.recipes:
+            print(f"error: unknown recipe {args.recipe!r}; known: {list(protocol.recipes)}",
+                  file=sys.stderr)
+            return 2
+        held = [e for e in recipe_overrides(protocol, args.recipe, False)["data.sources"]
+                if e["name"] == args.holdout]
+        if not held:
+            print(f"error: recipe {args.recipe!r} has no source {args.holdout!r}",
+                  file=sys.stderr)
+            return 2
+    base.setdefault("evaluate", {})["external"] = [scoring_entry(u)
+                                                   for u in [*held, *protocol.unseen]]
     if args.detector and args.detector != base["faces"]["detector"]:
         # another detector than the service's, at its own default threshold (the configured one
         # is in the service's detector's units)
         base["faces"].update(detector=args.detector, score_threshold=None)
     params = Params(base)
     faces = FaceSettings.from_params(params)
-    for target in args.models:
-        path = target / "model.int8.onnx" if target.is_dir() else target
+    paths = [t / "model.int8.onnx" if t.is_dir() else t for t in args.models]
+    if args.ensemble:
+        if not args.name:
+            print("error: an ensemble needs --name", file=sys.stderr)
+            return 2
+        return _score_ensemble(protocol, args, params, faces, paths)
+    for target, path in zip(args.models, paths, strict=True):
         name = args.name or (target.name if target.is_dir() else target.stem)
         model = OnnxClassifier(path)
         fold = fold_map(params, model.classes)
@@ -193,6 +218,28 @@ def score(protocol: Protocol, args: argparse.Namespace) -> int:
         out.write_text(json.dumps(summary, indent=2) + "\n")
         print(f"{name}: " + ", ".join(f"{s} {100 * v['folded']['balanced_accuracy']:.1f}%"
                                       for s, v in summary["sets"].items() if v.get("folded")))
+    return 0
+
+
+def _score_ensemble(protocol: Protocol, args: argparse.Namespace, params: Params,
+                    faces: FaceSettings, paths: list[Path]) -> int:
+    model = Ensemble([OnnxClassifier(p) for p in paths])
+    fold = fold_map(params, model.classes)
+    sets = {spec.name: score_set(predict_set(model, spec, faces), fold)
+            for spec in external_sets(params, model.classes)}
+    recipe = f"ensemble:{args.name}"
+    summary = run_summary({"sets": sets, "model": model.path}, recipe, args.holdout,
+                          [u["name"] for u in protocol.unseen])
+    name = (f"unseen-ensemble-{args.name}-lo-{args.holdout}" if args.holdout
+            else f"ensemble-{args.name}")
+    summary.update(name=name, about=args.about or f"mean probability of {len(paths)} models "
+                   "(not shippable: what a distilled student could reach)", screen=False,
+                   members=[str(p) for p in paths], detector=faces.detector,
+                   commit=git_commit(Path(".")), hardware=describe(cpu_info()))
+    RUNS.mkdir(parents=True, exist_ok=True)
+    (RUNS / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{name}: " + ", ".join(f"{s} {100 * headline(v):.1f}%"
+                                  for s, v in summary["sets"].items() if v["n"]))
     return 0
 
 
@@ -366,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="add the sets a protocol run RUN lacks (a set added to the file "
                               "after it ran), scored with its kept model")
     p_score.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p_score.add_argument("--ensemble", action="store_true",
+                         help="score the models as one ensemble (mean calibrated probability; "
+                              "needs --name): the most a student distilled from them could read")
+    p_score.add_argument("--holdout", metavar="SOURCE",
+                         help="with --ensemble: every member left SOURCE out, so score it too")
+    p_score.add_argument("--recipe", default="yunet",
+                         help="with --holdout: the recipe whose sources define SOURCE")
     p_score.add_argument("--detector", choices=sorted(DETECTORS),
                          help="find faces with this detector (at its default threshold) instead "
                               "of the service's faces.detector, to compare detectors")
