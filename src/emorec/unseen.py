@@ -354,8 +354,12 @@ def _pct(value: float | None) -> str:
 
 
 def _label(name: str, row: dict[str, Any]) -> str:
-    label = (f"`{name.removeprefix('shipped:')}`, file" if name.startswith("shipped:")
-             else f"recipe `{name}`")
+    if name.startswith("shipped:"):
+        label = f"`{name.removeprefix('shipped:')}`, file"
+    elif name.startswith("ensemble:"):
+        label = f"ensemble `{name.removeprefix('ensemble:')}`"
+    else:
+        label = f"recipe `{name}`"
     return f"{label}: {row['about']}" if row.get("about") else label
 
 
