@@ -88,3 +88,29 @@ def test_weights_of_another_model_fail_with_one_clear_error(exported, tmp_path):
     other.with_suffix(".json").unlink()  # without the sidecar the layers themselves disagree
     with pytest.raises(WeightsError, match="does not fit resnet10t"):
         load_safetensors_into(create_model("resnet10t", num_classes=3), other, "resnet10t")
+
+
+def test_checkpoint_turns_shipped_weights_back_into_a_train_stage_checkpoint(exported, tmp_path):
+    from emorec.models import load_checkpoint
+
+    out = tmp_path / "ws" / "models" / "best.pt"
+    proc = run_python(["-m", "emorec.weights", "checkpoint", str(exported), str(out)])
+    assert proc.returncode == 0, proc.stderr
+    model, meta = load_checkpoint(out)
+    assert meta["model_name"] == MODEL and meta["classes"] == SOURCE_CLASSES
+    assert meta["image"] == {"size": 32, "mean": 0.5, "std": 0.5} and meta["epoch"] == 3
+    torch.manual_seed(11)  # the exported fixture's model, rebuilt
+    original = create_model(MODEL, num_classes=len(SOURCE_CLASSES)).eval()
+    batch = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), original(batch), atol=2e-2, rtol=2e-2)
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values()
+               if v.is_floating_point())
+
+
+def test_checkpoint_needs_the_sidecar(exported, tmp_path):
+    bare = tmp_path / exported.name
+    shutil.copy(exported, bare)
+    proc = run_python(["-m", "emorec.weights", "checkpoint", str(bare), str(tmp_path / "b.pt")])
+    assert proc.returncode == 2 and "no sidecar" in proc.stderr
+    assert not (tmp_path / "b.pt").exists()

@@ -12,6 +12,12 @@ head when the file's class count differs from the run's ``classes`` (a fine-tune
 labels keeps every feature layer and learns a new head).
 
     python -m emorec.weights export models/best.pt models/fer2013/weights.fp16.safetensors
+
+``checkpoint`` goes the other way, for the tools that read a train-stage checkpoint (the
+evaluate and explain stages, ``scripts/real_face_pictures.py``): a shipped model's weights
+become a ``best.pt`` again, in fp32 (the fp16 rounding stays).
+
+    python -m emorec.weights checkpoint models/multisource/weights.fp16.safetensors ws/best.pt
 """
 
 from __future__ import annotations
@@ -75,6 +81,42 @@ def export_weights(checkpoint: Path, out: Path) -> dict[str, Any]:
     # safetensors' own header carries the strings too, so the file alone still says what it is
     save_file(tensors, str(out), metadata={k: json.dumps(v) for k, v in meta.items()})
     sidecar_path(out).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def checkpoint_from_weights(weights: Path, out: Path) -> dict[str, Any]:
+    """Write ``weights`` (as :func:`export_weights` wrote them) as a train-stage checkpoint.
+
+    The sidecar must say what model and classes they are for. Returns the sidecar's content.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from emorec.models import create_model, save_checkpoint
+
+    meta = read_sidecar(weights)
+    if not meta or not meta.get("model_name") or not meta.get("classes"):
+        raise WeightsError(f"{weights}: no sidecar {sidecar_path(weights).name} with the model "
+                           "name and classes: export the weights with `emorec.weights export`")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise WeightsError(f"cannot read {weights}: {err}") from err
+    model = create_model(meta["model_name"], num_classes=len(meta["classes"]))
+    if meta.get("cosine_head_scale"):  # an LDAM model: its head is a cosine classifier
+        from emorec.losses import use_cosine_classifier
+
+        use_cosine_classifier(model, float(meta["cosine_head_scale"]))
+    own = model.state_dict()
+    try:
+        model.load_state_dict({k: v.to(own[k].dtype) if k in own else v
+                               for k, v in state.items()})
+    except RuntimeError as err:
+        raise WeightsError(f"{weights} does not fit {meta['model_name']}: {err}") from err
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, model, model_name=meta["model_name"], classes=list(meta["classes"]),
+                    image=meta.get("image"), epoch=meta.get("epoch"),
+                    cosine_head_scale=meta.get("cosine_head_scale"), weights_file=str(weights))
     return meta
 
 
@@ -157,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="checkpoint -> fp16 safetensors + JSON sidecar")
     export.add_argument("checkpoint", type=Path, help="train-stage checkpoint (models/best.pt)")
     export.add_argument("out", type=Path, help=f"weights file to write (*{SUFFIX})")
+    back = sub.add_parser("checkpoint", help="fp16 safetensors + sidecar -> train-stage "
+                                             "checkpoint (for evaluate, explain, pictures)")
+    back.add_argument("weights", type=Path, help=f"weights file (*{SUFFIX}) with its sidecar")
+    back.add_argument("out", type=Path, help="checkpoint to write (e.g. WS/models/best.pt)")
     return parser
 
 
@@ -164,6 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "checkpoint":
+            meta = checkpoint_from_weights(args.weights, args.out)
+            log.info("wrote %s (%s, %d classes, fp32 from %s)", args.out, meta["model_name"],
+                     len(meta["classes"]), args.weights)
+            return 0
         meta = export_weights(args.checkpoint, args.out)
     except EmorecError as err:
         print(f"error: {err}", file=sys.stderr)
