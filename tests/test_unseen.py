@@ -144,6 +144,15 @@ def test_table_takes_held_out_sources_from_their_run_and_averages_unseen_sets():
     assert table["shipped:m"]["mean_balanced_accuracy"] == pytest.approx(0.5)
 
 
+def test_a_screen_run_is_a_row_of_its_own():
+    runs = {"full": _run("r", "tfeid", {"tfeid": 0.4, "nimstim": 0.6}) | {"screen": False},
+            "short": _run("r", "tfeid", {"tfeid": 0.1, "nimstim": 0.2}) | {"screen": True}}
+    table = protocol_table(runs, ["nimstim"])
+    assert table["r"]["sets"]["tfeid"]["balanced_accuracy"] == pytest.approx(0.4)
+    assert table["r"]["sets"]["nimstim"]["runs"] == 1
+    assert table["r (screen)"]["mean_balanced_accuracy"] == pytest.approx(0.15)
+
+
 def test_protocol_file_names_what_is_wrong(tmp_path):
     path = tmp_path / "unseen.yaml"
     path.write_text("unseen: []\nrecipes: {x: {overrides: {}}}\n")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from emorec.unseen import final_rows
+from emorec.unseen import SCREEN_ROW, final_rows
 
 
 def _round(value: Any) -> float | int | None:
@@ -79,9 +79,9 @@ def unseen_headline(report: dict[str, Any]) -> dict[str, Any]:
     """
     means = {name: _round(row["mean_balanced_accuracy"])
              for name, row in report.get("table", {}).items()}
-    # an ensemble is a diagnostic (what a student could reach), never shipped
+    # an ensemble (what a student could reach) and a screen (short schedule) are diagnostics
     means = {name: means[name] for name in final_rows(list(means))
-             if not name.startswith("ensemble:")}
+             if not name.startswith("ensemble:") and not name.endswith(SCREEN_ROW)}
     shipped = {name: v for name, v in means.items() if name.startswith("shipped:")}
     recipes = sorted((item for item in means.items() if item[0] not in shipped),
                      key=lambda item: -(item[1] if item[1] is not None else -1.0))

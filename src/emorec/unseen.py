@@ -280,6 +280,10 @@ def card_with_table(card: str, report: dict[str, Any], decision: dict[str, Any] 
     return f"{card.rstrip()}\n\n{CARD_HEADING}\n\n{section}\n"
 
 
+#: the suffix of a table row made of ``--screen`` runs
+SCREEN_ROW = " (screen)"
+
+
 def protocol_table(runs: dict[str, dict[str, Any]], unseen: list[str],
                    fold: dict[str, str] | None = None) -> dict[str, Any]:
     """Per recipe (or shipped model): each unseen set's headline figure, recall per class, the
@@ -292,8 +296,9 @@ def protocol_table(runs: dict[str, dict[str, Any]], unseen: list[str],
     """
     table: dict[str, Any] = {}
     by_recipe: dict[str, list[dict[str, Any]]] = {}
-    for run in runs.values():
-        by_recipe.setdefault(run["recipe"], []).append(run)
+    for run in runs.values():  # a screen (short schedule) is its own row, never the recipe's
+        row = f"{run['recipe']}{SCREEN_ROW if run.get('screen') else ''}"
+        by_recipe.setdefault(row, []).append(run)
     for recipe, recipe_runs in by_recipe.items():
         sets: dict[str, Any] = {}
         for run in recipe_runs:
