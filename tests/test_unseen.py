@@ -170,8 +170,16 @@ def test_a_recipe_sets_keys_on_one_source_and_no_other():
     assert patched["data.sources"] == [{"name": "a", "reader": "ferplus",
                                         "fer2013_view": {"weight": 0.5}}, {"name": "b"}]
     assert patched["train.epochs"] == 3 and "fer2013_view" not in recipe["data.sources"][0]
-    with pytest.raises(ParamsError, match=r"\['c'\] are not sources"):
+    with pytest.raises(ParamsError, match=r"\['c'\] are not sources .* needs at least reader"):
         patch_sources(recipe, {"c": {"heldout": True}})
+
+
+def test_a_recipe_adds_a_whole_source_after_the_presets_own():
+    recipe = {"data.sources": [{"name": "a", "reader": "ferplus"}]}
+    added = patch_sources(recipe, {"c": {"reader": "expw", "path": "data/raw/expw"}})
+    assert added["data.sources"] == [{"name": "a", "reader": "ferplus"},
+                                     {"name": "c", "reader": "expw", "path": "data/raw/expw"}]
+    assert recipe["data.sources"] == [{"name": "a", "reader": "ferplus"}]
 
 
 def test_teachers_are_the_runs_that_left_out_the_same_source(tmp_path):

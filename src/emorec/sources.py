@@ -5,7 +5,7 @@ SFEW film frames, lab sets posed studio portraits. Each entry of ``data.sources`
 dataset and says how to read it::
 
     - name: sfew                 # unique; becomes the manifest's ``source`` and the id prefix
-      reader: folder             # folder | fer2013 | ferplus
+      reader: folder             # folder | fer2013 | ferplus | expw
       path: data/raw/sfew
       map: {Angry: angry, Disgust: disgust, Fear: fearful, ...}   # raw label -> class | null
       split: predefined          # predefined: path/<usage>/<class>/..., else path/<class>/
@@ -16,6 +16,8 @@ dataset and says how to read it::
       person_pattern: null       # regex whose group 1 in the file name is the person in it
       fer2013_view: null         # ferplus only: {path, weight, map, max_mae}, FER2013's own
                                  # label of each face mixed into its votes (emorec.two_view)
+      box_margin: 0.3            # expw only: share of a face box's side added on each side
+                                 # before the service's detector sees it (emorec.expw)
 
 Raw labels the map leaves out, or maps to ``null``, are rejected as ``unknown_label`` and
 counted per source; without a ``map`` a folder source accepts folder names equal to a class.
@@ -45,6 +47,7 @@ import numpy as np
 
 from emorec.config import Params, _Scoped
 from emorec.errors import ParamsError
+from emorec.expw import expw_candidates
 from emorec.ferplus import FOLDERS as FERPLUS_FOLDERS
 from emorec.ferplus import ferplus_candidates
 from emorec.labels import FER2013_CODES
@@ -52,7 +55,7 @@ from emorec.quality import near_duplicate_pairs, pack_hashes, perceptual_hash
 from emorec.readers import Candidate, fer2013_at, folder_candidate, folder_files
 from emorec.two_view import Join, SecondView, join_views, second_labels
 
-READERS = ("folder", "fer2013", "ferplus")
+READERS = ("folder", "fer2013", "ferplus", "expw")
 SPLIT_RULES = ("predefined", "stratified")
 FACE_CROP = ("inherit", "true", "false", "fallback")
 SPLIT_NAMES = ("train", "val", "test")
@@ -82,6 +85,8 @@ class SourceSpec:
     person_pattern: str | None = None
     #: ferplus only: FER2013's label of each face as a second view (``fer2013_view``)
     second_view: SecondView | None = None
+    #: expw only: share of each face box's side added on every side (``box_margin``)
+    box_margin: float = 0.0
 
     @classmethod
     def from_params(cls, entry: Params, classes: list[str]) -> SourceSpec:
@@ -115,7 +120,18 @@ class SourceSpec:
         return cls(name=name, reader=reader, path=entry.existing_path("path"), map=mapping,
                    split=split, usage=usage, label_pattern=pattern, face_crop=face_crop,
                    heldout=heldout, person_pattern=person,
-                   second_view=_second_view(entry, reader, classes))
+                   second_view=_second_view(entry, reader, classes),
+                   box_margin=_box_margin(entry, reader))
+
+
+def _box_margin(entry: Params, reader: str) -> float:
+    """The ``box_margin`` of an ExpW source (required there: how much of the photo around a
+    face box the detector sees decides the framing); 0 for other readers, which have none."""
+    if reader != "expw":
+        if entry.get("box_margin", None) is not None:
+            raise ParamsError(entry._name("box_margin"), f"is for reader expw, not {reader}")
+        return 0.0
+    return float(entry.number("box_margin", low=0.0, high=2.0))
 
 
 def _second_view(entry: Params, reader: str, classes: list[str]) -> SecondView | None:
@@ -184,6 +200,8 @@ def spec_candidates(spec: SourceSpec, classes: list[str]) -> Iterator[Candidate]
         raw = _folder(spec, classes)
     elif spec.reader == "fer2013":
         raw = _fer2013(spec)
+    elif spec.reader == "expw":
+        raw = expw_candidates(spec.path, spec.map or {}, spec.box_margin)
     else:
         folders = {f: f for f in FERPLUS_FOLDERS if f in spec.usage}
         second = None

@@ -123,17 +123,23 @@ def scoring_entry(entry: dict[str, Any]) -> dict[str, Any]:
 def patch_sources(overrides: dict[str, Any], patches: dict[str, dict[str, Any]]
                   ) -> dict[str, Any]:
     """``overrides`` with each ``data.sources`` entry named in ``patches`` updated by its keys
-    (a recipe that changes one source, e.g. FER+ with a second label view).
+    (a recipe that changes one source, e.g. FER+ with a second label view); a patch naming no
+    source of the preset is a source the recipe adds, so it must be a whole entry (``reader``
+    and ``path``), appended after the preset's own.
 
-    Raises :class:`ParamsError` when a patch names no source of the overrides.
+    Raises :class:`ParamsError` when a patch names no source and is no whole entry.
     """
     sources = [dict(s) for s in overrides.get("data.sources") or []]
-    unknown = sorted(set(patches) - {s["name"] for s in sources})
-    if unknown:
-        raise ParamsError("recipes.sources", f"{unknown} are not sources of the preset "
-                                             f"({[s['name'] for s in sources]})")
+    names = {s["name"] for s in sources}
+    added = {n: p for n, p in patches.items() if n not in names}
+    partial = sorted(n for n, p in added.items() if not {"reader", "path"} <= set(p))
+    if partial:
+        raise ParamsError("recipes.sources", f"{partial} are not sources of the preset "
+                                             f"({sorted(names)}); a source the recipe adds "
+                                             f"needs at least reader and path")
     patched = [dict(s, **patches.get(s["name"], {})) for s in sources]
-    return {**overrides, "data.sources": patched} if sources else dict(overrides)
+    patched += [{"name": n, **p} for n, p in added.items()]
+    return {**overrides, "data.sources": patched} if patched else dict(overrides)
 
 
 #: what ``run --keep-models DIR`` keeps of a run, by file suffix: the INT8 model (to score again,
