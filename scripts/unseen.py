@@ -62,6 +62,7 @@ from emorec.unseen import (
     Protocol,
     brief,
     card_with_table,
+    decided_file_run,
     decided_run,
     headline,
     patch_sources,
@@ -346,6 +347,11 @@ def decide(protocol: Protocol, args: argparse.Namespace) -> int:
     if args.holdout:  # the recipe with this decision, as a protocol run of its own
         run_record = decided_run(decision, args.holdout) | {"commit": git_commit(Path(".")),
                                                             "hardware": describe(cpu_info())}
+        (RUNS / f"{run_record['name']}.json").write_text(json.dumps(run_record, indent=2) + "\n")
+    else:  # the shipped file: its row at the tau its rule picks without each set
+        pooled_runs = [json.loads(Path(p).read_text())["trials"] for p in pooled["from"][1:]]
+        run_record = decided_file_run(decision, out.parent.name, pooled_runs) | {
+            "commit": git_commit(Path(".")), "hardware": describe(cpu_info())}
         (RUNS / f"{run_record['name']}.json").write_text(json.dumps(run_record, indent=2) + "\n")
     print(f"tau {best:g} -> {out} (T {fitted['temperature']:.2f}, min_confidence "
           f"{fitted['min_confidence']:.2f}); {args.report}")

@@ -170,3 +170,13 @@ def test_each_set_gets_the_tau_its_neighbours_would_pick():
     assert chosen["big"] == "0"  # other 0.50 + small 0.90 beat 0.58 + 0.40 and 0.58 + 0.50
     with pytest.raises(ValueError, match="two sets"):
         tau_left_out({"0": {"only": 0.5}})
+
+
+def test_a_pooled_choice_leaves_the_set_out_of_every_model_it_averages():
+    scores = {"0": {"a": 0.9, "b": 0.5}, "1": {"a": 0.5, "b": 0.6}}
+    assert tau_left_out(scores) == {"a": "1", "b": "0"}
+    # another model: on "a" it likes tau 0; without "a" its "c" likes 1, so "a" still gets 1
+    other = {"0": {"a": 0.99, "c": 0.4}, "1": {"a": 0.1, "c": 0.5}}
+    assert tau_left_out(scores, [other])["a"] == "1"
+    # without "b": a's 0.9 and the other's mean (0.695 at 0, 0.3 at 1) agree on tau 0
+    assert tau_left_out(scores, [other])["b"] == "0"

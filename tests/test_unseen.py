@@ -282,3 +282,26 @@ def test_a_decided_run_scores_each_set_at_the_tau_chosen_without_it():
     assert run["sets"]["c"]["folded"]["balanced_accuracy"] == pytest.approx(0.4)
     assert run["sets"]["e"]["n"] == 0  # an empty set is kept, at the file's tau
     assert "tau 0" in run["about"]
+
+
+def test_a_shipped_files_row_at_the_tau_chosen_without_each_set_is_a_row_of_its_own():
+    from emorec.unseen import decided_file_run
+
+    def entry(value: float) -> dict:
+        figures = {"balanced_accuracy": value, "macro_f1": value, "recall": {"angry": value}}
+        return {"n": 10, "found_rate": 1.0, "service": figures, "folded": figures}
+
+    trials = {"0": {"sets": {"a": entry(0.9), "b": entry(0.5)}},
+              "1": {"sets": {"a": entry(0.5), "b": entry(0.6)}}}
+    recipe_run = {"0": {"sets": {"a": entry(0.2), "c": entry(0.4)}},
+                  "1": {"sets": {"a": entry(0.2), "c": entry(0.5)}}}
+    decision = {"recipe": "r", "model": "models/m/model.int8.onnx", "chosen_tau": 0.0,
+                "trials": trials}
+    run = decided_file_run(decision, "m", [recipe_run])
+    assert run["name"] == "shipped-m-tau-left-out" and run["heldout"] is None
+    # without "a", b (0.6) and the recipe's c (0.5) pick tau 1, where a reads 0.5, not 0.9
+    assert run["tau_by_set"] == {"a": 1.0, "b": 0.0}
+    assert run["sets"]["a"]["folded"]["balanced_accuracy"] == pytest.approx(0.5)
+    table = protocol_table({run["name"]: run}, ["a", "b"])
+    assert list(table) == ["shipped:m (tau left out)"]
+    assert table["shipped:m (tau left out)"]["mean_balanced_accuracy"] == pytest.approx(0.5)

@@ -107,10 +107,13 @@ def cross_fit(sets: Mapping[str, T], score: Callable[[T, np.ndarray], float],
     return out
 
 
-def tau_left_out(scores: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
+def tau_left_out(scores: Mapping[str, Mapping[str, float]],
+                 pooled: Sequence[Mapping[str, Mapping[str, float]]] = ()) -> dict[str, str]:
     """For each set, the tau the rule picks without it: the best mean score over the other sets
     (ties: the smaller tau). ``scores`` maps each tau tried (as written, ``"1.25"``) to its
-    score per set.
+    score per set; ``pooled`` are other models' scores of the same form that the rule averages
+    in (a shipped file's tau is pooled with its recipe's runs), their copies of the set left
+    out too. Each model's mean counts once, as in the pooled choice itself.
 
     A tau chosen on every set flatters each of them (on Yale's 59 faces by up to 17 points);
     the one chosen on the others is what a new set would get.
@@ -119,9 +122,14 @@ def tau_left_out(scores: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
     sets = list(scores[taus[0]])
     if len(sets) < 2:
         raise ValueError(f"choosing tau without a set needs two sets or more, got {sets}")
-    return {held: max(taus, key=lambda t, held=held: (
-        float(np.mean([scores[t][s] for s in sets if s != held])), -float(t)))
-        for held in sets}
+
+    def without(held: str, tau: str) -> float:
+        means = [float(np.mean(rest)) for run in (scores, *pooled) if tau in run
+                 for rest in [[v for s, v in run[tau].items() if s != held]] if rest]
+        return float(np.mean(means))
+
+    return {held: max(taus, key=lambda t, held=held: (without(held, t), -float(t)))
+            for held in sets}
 
 
 def recalibrate(logits: np.ndarray, labels: np.ndarray, coverage: float) -> dict[str, float]:

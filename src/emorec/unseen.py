@@ -249,20 +249,46 @@ def headline(entry: dict[str, Any]) -> float:
     return float((entry.get("folded") or entry["service"])["balanced_accuracy"])
 
 
+def _set_scores(trials: dict[str, Any]) -> dict[str, dict[str, float]]:
+    return {t: {s: headline(v) for s, v in trial["sets"].items() if v["n"]}
+            for t, trial in trials.items()}
+
+
+def _at_left_out_tau(decision: dict[str, Any], pooled: list[dict[str, Any]]
+                     ) -> dict[str, Any]:
+    """Each set of ``decision`` scored at the tau chosen without it (``pooled``: the trials of
+    other decisions the choice averaged in), and those taus."""
+    trials, chosen = decision["trials"], f"{decision['chosen_tau']:g}"
+    by_set = tau_left_out(_set_scores(trials), [_set_scores(p) for p in pooled])
+    return {"model": decision["model"], "tau_by_set": {s: float(t) for s, t in by_set.items()},
+            "sets": {s: trials[by_set.get(s, chosen)]["sets"][s]  # an empty set has no tau
+                     for s in trials[chosen]["sets"]}}
+
+
 def decided_run(decision: dict[str, Any], heldout: str) -> dict[str, Any]:
     """A leave-one-out decision as a protocol run of its own: each set scored at the tau chosen
     on the other sets (:func:`emorec.decision.tau_left_out`), never at one chosen on itself.
     The file keeps the tau chosen on all of them: that is what would ship."""
-    trials, chosen = decision["trials"], f"{decision['chosen_tau']:g}"
-    by_set = tau_left_out({t: {s: headline(v) for s, v in trial["sets"].items() if v["n"]}
-                           for t, trial in trials.items()})
     return {"name": f"unseen-{decision['recipe']}-decided-lo-{heldout}",
             "recipe": f"{decision['recipe']} + decision", "heldout": heldout,
             "about": f"logit-adjusted, each set at the tau chosen on the others (file: tau "
-                     f"{decision['chosen_tau']:g})",
-            "model": decision["model"], "tau_by_set": {s: float(t) for s, t in by_set.items()},
-            "sets": {s: trials[by_set.get(s, chosen)]["sets"][s]  # an empty set has no tau
-                     for s in trials[chosen]["sets"]}}
+                     f"{decision['chosen_tau']:g})", **_at_left_out_tau(decision, [])}
+
+
+#: how a shipped file's row at the tau chosen without each set is named in the table
+LEFT_OUT_TAU_ROW = " (tau left out)"
+
+
+def decided_file_run(decision: dict[str, Any], name: str, pooled: list[dict[str, Any]]
+                     ) -> dict[str, Any]:
+    """A shipped file's decision as a row of its own: each always-unseen set scored at the tau
+    the file's rule (pooled with its recipe's leave-one-out decisions, ``pooled``) picks
+    without that set. The file's own row is scored at the tau chosen with every set, which
+    flatters it; this row is what a new set would get."""
+    return {"name": f"shipped-{name}-tau-left-out", "recipe": f"shipped:{name}{LEFT_OUT_TAU_ROW}",
+            "heldout": None, "screen": False,
+            "about": f"the shipped file's decision, each set at the tau chosen without it (file: "
+                     f"tau {decision['chosen_tau']:g})", **_at_left_out_tau(decision, pooled)}
 
 
 CARD_START, CARD_END = "<!-- unseen:start -->", "<!-- unseen:end -->"
