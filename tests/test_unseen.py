@@ -144,6 +144,21 @@ def test_table_takes_held_out_sources_from_their_run_and_averages_unseen_sets():
     assert table["shipped:m"]["mean_balanced_accuracy"] == pytest.approx(0.5)
 
 
+def test_the_compact_table_keeps_the_rows_that_would_ship_and_says_where_the_rest_are():
+    from emorec.unseen import markdown_table
+
+    runs = {"plain": _run("r", "tfeid", {"tfeid": 0.4, "nimstim": 0.6}),
+            "decided": _run("r + decision", "tfeid", {"tfeid": 0.5, "nimstim": 0.7}),
+            "short": _run("q", "tfeid", {"tfeid": 0.1, "nimstim": 0.2}) | {"screen": True},
+            "file": _run("shipped:m", None, {"nimstim": 0.5})}
+    report = {"table": protocol_table(runs, ["nimstim"])}
+    full, compact = markdown_table(report), markdown_table(report, compact=True)
+    assert "recipe `r`" in full and "recipe `q (screen)`" in full
+    assert "recipe `r`" not in compact and "(screen)" not in compact
+    assert "recipe `r + decision`" in compact and "`m`, file" in compact
+    assert "2 more rows" in compact and "2 more rows" not in full
+
+
 def test_a_screen_run_is_a_row_of_its_own():
     runs = {"full": _run("r", "tfeid", {"tfeid": 0.4, "nimstim": 0.6}) | {"screen": False},
             "short": _run("r", "tfeid", {"tfeid": 0.1, "nimstim": 0.2}) | {"screen": True}}

@@ -400,8 +400,11 @@ def _label(name: str, row: dict[str, Any]) -> str:
     return f"{label}: {row['about']}" if row.get("about") else label
 
 
-def markdown_table(report: dict[str, Any]) -> str:
-    """Balanced accuracy per unseen set (6 classes), the mean, then recall per class."""
+def markdown_table(report: dict[str, Any], compact: bool = False) -> str:
+    """Balanced accuracy per unseen set (6 classes), the mean, then recall per class.
+
+    ``compact`` (the README's) keeps the rows that stand for what would ship
+    (:func:`final_rows`, screens left out) and says where the full table is (the card's)."""
     table = report["table"]
     sets: list[str] = []
     for row in table.values():
@@ -409,6 +412,10 @@ def markdown_table(report: dict[str, Any]) -> str:
     sizes = {s: next(row["sets"][s]["n"] for row in table.values() if s in row["sets"])
              for s in sets}
     order = sorted(table, key=lambda r: -(table[r]["mean_balanced_accuracy"] or 0))
+    left_out = []
+    if compact:
+        kept = [n for n in final_rows(order) if not n.endswith(SCREEN_ROW)]
+        left_out, order = [n for n in order if n not in kept], kept
     lines = ["| model | " + " | ".join(f"{s} ({sizes[s]})" for s in sets) + " | **mean** |",
              "|---|" + "---:|" * (len(sets) + 1)]
     for name in order:
@@ -423,6 +430,10 @@ def markdown_table(report: dict[str, Any]) -> str:
         recall = table[name]["mean_recall"]
         lines.append(f"| {_label(name, table[name])} | "
                      + " | ".join(_pct(recall.get(c)) for c in TABLE_CLASSES) + " |")
+    if left_out:
+        lines += ["", f"{len(left_out)} more rows (plain argmax beside a decided row, short "
+                  "screens): the full table is in the shipped model's card "
+                  "([models/multisource/README.md](models/multisource/README.md))."]
     bar = goals_markdown(report.get("goals"), lambda n: f"`{n.removeprefix('shipped:')}`")
     if bar:
         lines += ["", bar]
